@@ -1,0 +1,1 @@
+"""Key table: mobilenet_v1 (to be written)."""

@@ -1,0 +1,1 @@
+"""Key table: mobilenet_v2 (to be written)."""

@@ -1,0 +1,1 @@
+"""Key table: mobilenet_v3 (to be written)."""

@@ -1,0 +1,1 @@
+"""Key table: shufflenet (to be written)."""

@@ -1,0 +1,1 @@
+"""Key table: xception (to be written)."""

@@ -1,0 +1,1 @@
+"""aligned_xception (to be written)."""

@@ -1,0 +1,327 @@
+"""Shared layers: the torch-compatible building blocks every family is made of.
+
+Everything here matches PyTorch numerics (explicit symmetric padding, ceil-mode pooling, BatchNorm with
+PyTorch's unbiased running variance) and stores parameters under Flax's usual names (``kernel``, ``bias``,
+``scale``; ``mean``/``var`` in ``batch_stats``), so a PyTorch checkpoint maps to a Flax tree by name.
+
+Modules take ``dtype`` (computation) and ``param_dtype`` (storage, float32 by default) like ``flax.linen``.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Optional, Sequence, Tuple, Union
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from lightjax.models import ops
+
+Dtype = Any
+Initializer = Callable[..., jax.Array]
+
+# ----------------------------------------------------------------------------------------------------------
+# Initialisers, named after what PyTorch calls them.
+# ----------------------------------------------------------------------------------------------------------
+#: ``nn.Conv2d`` / ``nn.Linear`` default: kaiming_uniform(a=sqrt(5)) == U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+torch_default_init: Initializer = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+#: ``init.kaiming_uniform_(w)`` (a=0, fan_in, gain sqrt(2)).
+kaiming_uniform: Initializer = nn.initializers.variance_scaling(2.0, "fan_in", "uniform")
+#: ``init.kaiming_normal_(w, mode="fan_out")`` (torchvision MobileNet, timm).
+kaiming_normal_fan_out: Initializer = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+#: ``init.kaiming_normal_(w, mode="fan_in")``.
+kaiming_normal_fan_in: Initializer = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
+
+
+def normal_init(std: float) -> Initializer:
+    """``init.normal_(w, 0, std)``."""
+    return nn.initializers.normal(stddev=std)
+
+
+def torch_bias_init(fan_in: int) -> Initializer:
+    """PyTorch's default bias init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    bound = 1.0 / max(fan_in, 1) ** 0.5
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Activations (PyTorch definitions).
+# ----------------------------------------------------------------------------------------------------------
+def relu6(x: jax.Array) -> jax.Array:
+    return jnp.clip(x, 0, 6)
+
+
+def hard_sigmoid(x: jax.Array) -> jax.Array:
+    """``torch.nn.Hardsigmoid``: relu6(x + 3) / 6."""
+    return relu6(x + 3.0) / 6.0
+
+
+def hard_swish(x: jax.Array) -> jax.Array:
+    """``torch.nn.Hardswish``: x * relu6(x + 3) / 6."""
+    return x * hard_sigmoid(x)
+
+
+def identity(x: jax.Array) -> jax.Array:
+    return x
+
+
+ACTIVATIONS = {
+    "relu": nn.relu,
+    "relu6": relu6,
+    "hard_swish": hard_swish,
+    "hardswish": hard_swish,
+    "hard_sigmoid": hard_sigmoid,
+    "sigmoid": nn.sigmoid,
+    "swish": nn.swish,
+    "silu": nn.swish,
+    "identity": identity,
+    None: identity,
+}
+
+
+def get_act(act: Union[str, Callable, None]) -> Callable:
+    """Activation by name (``'relu'``, ``'relu6'``, ``'hard_swish'``, ...) or passthrough of a callable."""
+    if callable(act):
+        return act
+    try:
+        return ACTIVATIONS[act]
+    except KeyError:
+        raise ValueError(f"unknown activation {act!r}; known: {sorted(k for k in ACTIVATIONS if k)}") from None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Core layers.
+# ----------------------------------------------------------------------------------------------------------
+class BatchNorm(nn.Module):
+    """BatchNorm over the last axis with PyTorch's running-statistics rule.
+
+    PyTorch folds the *unbiased* batch variance (x n/(n-1)) into ``running_var``; ``flax.linen.BatchNorm``
+    folds the biased one and cannot be told otherwise, so ported models would drift in train mode. Batch
+    statistics are computed in float32 (two-pass) whatever ``dtype`` is. Under ``jit`` with a sharded batch
+    the means are over the global batch, i.e. synchronised across devices.
+
+    Attributes:
+      momentum: Flax convention, ``1 - torch_momentum`` (0.9 for torch's default 0.1).
+      epsilon: the reference's epsilon (1e-5 torch default, 1e-3 for torchvision MobileNetV3 / timm aligned
+        Xception).
+    """
+
+    momentum: float = 0.9
+    epsilon: float = 1e-5
+    use_scale: bool = True
+    use_bias: bool = True
+    dtype: Optional[Dtype] = None
+    param_dtype: Dtype = jnp.float32
+    scale_init: Initializer = nn.initializers.ones
+    bias_init: Initializer = nn.initializers.zeros
+
+    @nn.compact
+    def __call__(self, x: jax.Array, use_running_average: bool = True) -> jax.Array:
+        features = x.shape[-1]
+        reduce_axes = tuple(range(x.ndim - 1))
+        ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((features,), jnp.float32))
+        ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((features,), jnp.float32))
+        if use_running_average:
+            mean, var = ra_mean.value, ra_var.value
+        else:
+            xf = x.astype(jnp.float32)
+            mean = jnp.mean(xf, axis=reduce_axes)
+            var = jnp.mean(jnp.square(xf - mean), axis=reduce_axes)
+            if not self.is_initializing():
+                n = x.size // features
+                unbiased = var * (n / max(n - 1, 1))
+                m = self.momentum
+                ra_mean.value = m * ra_mean.value + (1.0 - m) * jax.lax.stop_gradient(mean)
+                ra_var.value = m * ra_var.value + (1.0 - m) * jax.lax.stop_gradient(unbiased)
+        mul = jax.lax.rsqrt(var + self.epsilon)
+        if self.use_scale:
+            mul = mul * self.param("scale", self.scale_init, (features,), self.param_dtype)
+        shift = -mean * mul
+        if self.use_bias:
+            shift = shift + self.param("bias", self.bias_init, (features,), self.param_dtype)
+        dtype = self.dtype or x.dtype
+        return (x.astype(jnp.float32) * mul + shift).astype(dtype)
+
+
+class Conv2d(nn.Module):
+    """``torch.nn.Conv2d`` in NHWC: explicit (symmetric) padding, groups, dilation, optional bias.
+
+    The kernel is stored as ``(kh, kw, in_channels // groups, features)``; how it is computed (XLA grouped
+    conv or a backend-specific formulation) is decided in :mod:`lightjax.models.ops`.
+    """
+
+    features: int
+    kernel_size: Union[int, Tuple[int, int]] = 1
+    stride: Union[int, Tuple[int, int]] = 1
+    padding: ops.Padding = 0
+    dilation: Union[int, Tuple[int, int]] = 1
+    groups: int = 1
+    use_bias: bool = False
+    dtype: Optional[Dtype] = None
+    param_dtype: Dtype = jnp.float32
+    kernel_init: Initializer = torch_default_init
+    bias_init: Optional[Initializer] = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        cin = x.shape[-1]
+        if cin % self.groups or self.features % self.groups:
+            raise ValueError(
+                f"{self.name or 'Conv2d'}: channels in={cin}, out={self.features} not divisible by groups={self.groups}"
+            )
+        kh, kw = ops.to_pairs(self.kernel_size)
+        kernel = self.param("kernel", self.kernel_init, (kh, kw, cin // self.groups, self.features), self.param_dtype)
+        bias = None
+        if self.use_bias:
+            bias_init = self.bias_init or torch_bias_init(kh * kw * cin // self.groups)
+            bias = self.param("bias", bias_init, (self.features,), self.param_dtype)
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        y = ops.conv2d(
+            x, kernel, stride=self.stride, padding=self.padding, dilation=self.dilation, groups=self.groups
+        )
+        if bias is not None:
+            y = y + bias
+        return y
+
+
+class Linear(nn.Module):
+    """``torch.nn.Linear`` (kernel stored transposed, ``(in, out)``), torch's default init unless given."""
+
+    features: int
+    use_bias: bool = True
+    dtype: Optional[Dtype] = None
+    param_dtype: Dtype = jnp.float32
+    kernel_init: Initializer = torch_default_init
+    bias_init: Optional[Initializer] = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        fan_in = x.shape[-1]
+        kernel = self.param("kernel", self.kernel_init, (fan_in, self.features), self.param_dtype)
+        bias = None
+        if self.use_bias:
+            bias = self.param("bias", self.bias_init or torch_bias_init(fan_in), (self.features,), self.param_dtype)
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        y = jnp.dot(x, kernel)
+        if bias is not None:
+            y = y + bias
+        return y
+
+
+class ConvBnAct(nn.Module):
+    """Conv2d → BatchNorm → activation, as torchvision's ``Conv2dNormActivation`` (children ``0``, ``1``).
+
+    ``conv_name`` / ``bn_name`` give the submodule names so that the Flax path mirrors the PyTorch one
+    (``features.0.0.weight`` ↔ ``features_0/0/kernel``; timm: ``conv`` / ``bn``).
+    """
+
+    features: int
+    kernel_size: Union[int, Tuple[int, int]] = 3
+    stride: Union[int, Tuple[int, int]] = 1
+    padding: Optional[ops.Padding] = None  # None: (k - 1) // 2 * dilation, torchvision's rule
+    dilation: int = 1
+    groups: int = 1
+    act: Union[str, Callable, None] = "relu"
+    conv_name: str = "0"
+    bn_name: str = "1"
+    bn_momentum: float = 0.9
+    bn_eps: float = 1e-5
+    dtype: Optional[Dtype] = None
+    param_dtype: Dtype = jnp.float32
+    kernel_init: Initializer = kaiming_normal_fan_out
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        k = ops.to_pairs(self.kernel_size)
+        pad = self.padding
+        if pad is None:
+            pad = ((k[0] - 1) // 2 * self.dilation, (k[1] - 1) // 2 * self.dilation)
+        x = Conv2d(
+            self.features, k, self.stride, pad, self.dilation, self.groups, use_bias=False,
+            dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=self.kernel_init, name=self.conv_name,
+        )(x)
+        x = BatchNorm(
+            momentum=self.bn_momentum, epsilon=self.bn_eps, dtype=self.dtype, param_dtype=self.param_dtype,
+            name=self.bn_name,
+        )(x, use_running_average=not train)
+        return get_act(self.act)(x)
+
+
+class SqueezeExcite(nn.Module):
+    """Squeeze-and-excitation as torchvision's ``SqueezeExcitation``: pool → fc1 → act → fc2 → gate → scale.
+
+    ``fc1``/``fc2`` are 1x1 convolutions with bias (names as in torchvision and timm ``conv_reduce``/
+    ``conv_expand`` via ``names``).
+    """
+
+    squeeze_channels: int
+    act: Union[str, Callable] = "relu"
+    gate: Union[str, Callable] = "hard_sigmoid"
+    names: Tuple[str, str] = ("fc1", "fc2")
+    dtype: Optional[Dtype] = None
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        c = x.shape[-1]
+        s = ops.global_avg_pool(x, keepdims=True)
+        conv = functools.partial(Conv2d, kernel_size=1, use_bias=True, dtype=self.dtype, param_dtype=self.param_dtype)
+        s = conv(self.squeeze_channels, name=self.names[0])(s)
+        s = get_act(self.act)(s)
+        s = conv(c, name=self.names[1])(s)
+        return x * get_act(self.gate)(s)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Helpers every model uses (input checks, feature selection, heads).
+# ----------------------------------------------------------------------------------------------------------
+def make_divisible(v: float, divisor: int = 8, min_value: Optional[int] = None) -> int:
+    """torchvision/timm ``_make_divisible``: round to a multiple of ``divisor``, never below 90% of ``v``."""
+    min_value = min_value or divisor
+    new_v = max(min_value, int(v + divisor / 2) // divisor * divisor)
+    if new_v < 0.9 * v:
+        new_v += divisor
+    return new_v
+
+
+def check_input(x: jax.Array, in_chans: int, model: str) -> None:
+    """Raises a clear error unless ``x`` is NHWC with ``in_chans`` channels."""
+    if not hasattr(x, "ndim") or x.ndim != 4:
+        shape = getattr(x, "shape", None)
+        raise ValueError(
+            f"{model}: expected an NHWC batch of shape (N, H, W, {in_chans}), got shape {shape}"
+        )
+    if x.shape[-1] != in_chans:
+        hint = ""
+        if x.shape[1] == in_chans:
+            hint = " (this looks like NCHW: transpose with x.transpose(0, 2, 3, 1))"
+        raise ValueError(
+            f"{model}: expected an NHWC batch of shape (N, H, W, {in_chans}), got shape {tuple(x.shape)}{hint}"
+        )
+
+
+def check_out_indices(out_indices: Sequence[int], num_levels: int, model: str) -> Tuple[int, ...]:
+    """Validates ``out_indices`` against the model's feature levels."""
+    out = tuple(int(i) for i in out_indices)
+    bad = [i for i in out if not -num_levels <= i < num_levels]
+    if bad:
+        raise ValueError(
+            f"{model}: out_indices {bad} out of range; this model has {num_levels} feature levels (0..{num_levels - 1})"
+        )
+    return tuple(i % num_levels for i in out)
+
+
+def select_features(feats: Sequence[jax.Array], out_indices: Sequence[int], model: str) -> list:
+    """Returns ``[feats[i] for i in out_indices]`` after validating the indices."""
+    return [feats[i] for i in check_out_indices(out_indices, len(feats), model)]
+
+
+def feature_info(channels: Sequence[int], strides: Sequence[int], out_indices: Sequence[int], model: str) -> list:
+    """``[{'stride': s, 'channels': c, 'index': i}, ...]`` for the selected levels."""
+    idx = check_out_indices(out_indices, len(channels), model)
+    return [{"index": i, "stride": strides[i], "channels": channels[i]} for i in idx]

@@ -1,0 +1,1 @@
+"""mobilenet_v1 (to be written)."""

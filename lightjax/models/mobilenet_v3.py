@@ -1,0 +1,1 @@
+"""mobilenet_v3 (to be written)."""

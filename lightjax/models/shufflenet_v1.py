@@ -1,0 +1,1 @@
+"""shufflenet_v1 (to be written)."""

@@ -1,0 +1,1 @@
+"""xception (to be written)."""

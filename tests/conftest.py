@@ -1,0 +1,49 @@
+"""Shared pytest set-up.
+
+Tests that need torch / torchvision / timm call :func:`require` (or use the fixtures). They skip with a reason
+when the package is missing, except under ``LIGHTJAX_REQUIRE_TORCH=1`` (set by CI), where a missing package
+is a failure.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import jax
+import pytest
+
+# tests/ holds the seed's PyTorch reference modules and the parity helpers.
+sys.path.insert(0, os.path.dirname(__file__))
+jax.config.update("jax_default_matmul_precision", "highest")
+
+
+def require(module: str):
+    """Imports ``module`` or skips (fails under LIGHTJAX_REQUIRE_TORCH=1)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        if os.environ.get("LIGHTJAX_REQUIRE_TORCH") == "1":
+            pytest.fail(f"{module} is required (LIGHTJAX_REQUIRE_TORCH=1) but cannot be imported: {e}")
+        pytest.skip(f"{module} not installed: {e}")
+
+
+@pytest.fixture
+def torch():
+    t = require("torch")
+    t.manual_seed(0)
+    t.set_num_threads(2)
+    return t
+
+
+@pytest.fixture
+def torchvision():
+    require("torch")
+    return require("torchvision")
+
+
+@pytest.fixture
+def timm():
+    require("torch")
+    return require("timm")
