@@ -14,6 +14,7 @@ engine. torch is imported only to read ``.pth`` files.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any, Dict, Optional
 
 import jax
@@ -51,7 +52,47 @@ from lightjax.convert import xception as _xception  # noqa: F401,E402
 
 log = logging.getLogger(__name__)
 
-__all__ = ["from_torch", "to_torch", "read_checkpoint", "variable_shapes", "ConversionError", "CheckpointReadError"]
+__all__ = ["from_torch", "to_torch", "read_checkpoint", "variable_shapes", "save_flax", "load_flax",
+           "ConversionError", "CheckpointReadError"]
+
+#: Suffixes of lightjax's own (Flax msgpack) variable files.
+FLAX_SUFFIXES = (".msgpack", ".flax")
+
+
+def save_flax(path: str, variables: Any) -> None:
+    """Writes ``variables`` as a Flax msgpack file, atomically (temp file + rename: a crash mid-write leaves
+    the previous file intact)."""
+    from flax import serialization
+
+    data = serialization.msgpack_serialize(jax.tree_util.tree_map(np.asarray, _plain(variables)))
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_flax(path: str) -> Dict[str, Any]:
+    """Reads a Flax msgpack variables file written by :func:`save_flax` / ``python -m lightjax.convert``."""
+    from flax import serialization
+
+    try:
+        with open(path, "rb") as f:
+            tree = serialization.msgpack_restore(f.read())
+    except FileNotFoundError:
+        raise CheckpointReadError(f"checkpoint file not found: {path}") from None
+    except Exception as e:
+        raise CheckpointReadError(f"{path} is not a readable Flax msgpack file ({type(e).__name__}: {e})") from e
+    if not isinstance(tree, dict) or "params" not in tree:
+        raise CheckpointReadError(f"{path} does not hold lightjax variables (no 'params' collection)")
+    return jax.tree_util.tree_map(jnp.asarray, tree)
+
+
+def _plain(tree):
+    if hasattr(tree, "items"):
+        return {k: _plain(v) for k, v in tree.items()}
+    return tree
 
 
 def variable_shapes(model_name: str, model=None, **model_kwargs) -> Dict[str, Any]:

@@ -128,13 +128,16 @@ def load_model(name: str, checkpoint: Any, **kwargs: Any):
 
     Args:
       name: registered model name.
-      checkpoint: a ``.pth``/``.pt``/``.bin``/``.safetensors`` path or a state_dict.
+      checkpoint: a PyTorch ``.pth``/``.pt``/``.bin``/``.safetensors`` path or state_dict, or a lightjax
+        ``.msgpack`` file written by ``python -m lightjax.convert``.
       **kwargs: ``create_model`` fields, plus ``strict`` for :func:`lightjax.convert.from_torch`.
     """
     from lightjax import convert  # local: convert stands on the models, not the other way round
 
     strict = kwargs.pop("strict", True)
     model = create_model(name, **kwargs)
-    model_kwargs = {k: v for k, v in kwargs.items()}
-    variables = convert.from_torch(name, checkpoint, strict=strict, **model_kwargs)
+    if isinstance(checkpoint, str) and checkpoint.endswith(convert.FLAX_SUFFIXES):
+        variables = convert.load_flax(checkpoint)
+    else:
+        variables = convert.from_torch(name, checkpoint, strict=strict, **kwargs)
     return model, variables

@@ -1,0 +1,166 @@
+"""Checks every registered variant must pass (the family files check parity and parameter counts).
+
+Per name: output shape, finite outputs, finite and non-zero gradients for every parameter, jit == eager,
+eval output independent of the rest of the batch, train mode updates ``batch_stats``, ``features_only``
+strides and channels equal to ``feature_info``; plus the registry's error cases.
+"""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import lightjax.models as lm
+
+ALL = lm.list_models()
+NUM_CLASSES = 7
+
+
+def _size(name: str) -> int:
+    # Small inputs keep the suite fast; CIFAR variants are defined at 32 px.
+    return 32 if lm.model_info(name)["input_size"] <= 32 else 64
+
+
+def _leaves(out):
+    return jax.tree_util.tree_leaves(out)
+
+
+def test_registry_has_every_issue_variant():
+    expected = {
+        "squeezenet1_0", "squeezenet1_1",
+        "mobilenet_v1_100", "mobilenet_v1_075", "mobilenet_v1_050", "mobilenet_v1_025",
+        "mobilenet_v2_100", "mobilenet_v2_050", "mobilenet_v2_075", "mobilenet_v2_140",
+        "mobilenet_v3_large_100", "mobilenet_v3_small_100",
+        "shufflenet_v1_g1", "shufflenet_v1_g2", "shufflenet_v1_g3", "shufflenet_v1_g4", "shufflenet_v1_g8",
+        "shufflenet_v1_g2_cifar", "shufflenet_v1_g3_cifar",
+        "shufflenet_v2_x0_5", "shufflenet_v2_x1_0", "shufflenet_v2_x1_5", "shufflenet_v2_x2_0",
+        "xception", "xception41", "xception65", "xception71", "aligned_xception",
+    }
+    missing = sorted(expected - set(ALL))
+    assert not missing, f"not registered: {missing}"
+    assert lm.list_models("mobilenet_v3*") == ["mobilenet_v3_large_100", "mobilenet_v3_small_100"]
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_variant(name):
+    size = _size(name)
+    model = lm.create_model(name, num_classes=NUM_CLASSES)
+    x = jax.random.normal(jax.random.key(1), (2, size, size, model.in_chans))
+    variables = jax.jit(lambda k, x: model.init(k, x, train=False))(jax.random.key(0), x)
+    assert "params" in variables
+
+    # Eval forward: shape, finiteness, jit == eager.
+    fwd = jax.jit(lambda v, x: model.apply(v, x, train=False))
+    out = fwd(variables, x)
+    if name != "aligned_xception":  # the seed's backbone returns (features, low_level_features)
+        chex.assert_shape(out, (2, NUM_CLASSES))
+    for leaf in _leaves(out):
+        chex.assert_tree_all_finite(leaf)
+    eager = model.apply(variables, x, train=False)
+    for a, b in zip(_leaves(out), _leaves(eager)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5 * float(jnp.abs(b).max()))
+
+    # Eval mode: sample 0 does not depend on the rest of the batch.
+    x2 = x.at[1].set(jax.random.normal(jax.random.key(7), x.shape[1:]) * 3.0)
+    out2 = fwd(variables, x2)
+    for a, b in zip(_leaves(out), _leaves(out2)):
+        np.testing.assert_allclose(np.asarray(a[0]), np.asarray(b[0]), rtol=1e-5, atol=1e-6 * float(jnp.abs(a).max()))
+
+    # Train mode: gradients finite and non-zero for every parameter; batch_stats updated.
+    proj = [jax.random.normal(jax.random.key(3 + i), leaf.shape) for i, leaf in enumerate(_leaves(out))]
+
+    def loss_fn(params, batch_stats):
+        y, upd = model.apply({"params": params, "batch_stats": batch_stats}, x, train=True,
+                             rngs={"dropout": jax.random.key(2)}, mutable=["batch_stats"])
+        return sum(jnp.sum(l * p) for l, p in zip(_leaves(y), proj)), upd
+
+    (loss, updates), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(
+        variables["params"], variables.get("batch_stats", {}))
+    assert np.isfinite(float(loss))
+    flat = jax.tree_util.tree_flatten_with_path(grads)[0]
+    dead = [jax.tree_util.keystr(p) for p, g in flat if not bool(jnp.any(g != 0))]
+    bad = [jax.tree_util.keystr(p) for p, g in flat if not bool(jnp.all(jnp.isfinite(g)))]
+    assert not bad, f"{name}: non-finite gradients for {bad[:5]}"
+    assert not dead, f"{name}: zero gradients for {dead[:5]}"
+    if "batch_stats" in variables:
+        before = jax.tree_util.tree_leaves(variables["batch_stats"])
+        after = jax.tree_util.tree_leaves(updates["batch_stats"])
+        assert len(before) == len(after)
+        changed = sum(not np.allclose(a, b) for a, b in zip(before, after))
+        assert changed == len(before), f"{name}: {len(before) - changed} batch_stats not updated in train mode"
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_features_only(name):
+    size = _size(name)
+    probe = lm.create_model(name, features_only=True)
+    info = probe.feature_info
+    assert [f["index"] for f in info] == list(range(len(info))), "default out_indices = every level"
+    strides = [f["stride"] for f in info]
+    assert strides == sorted(strides) and all(s & (s - 1) == 0 for s in strides), strides
+    x = jax.ShapeDtypeStruct((2, size, size, probe.in_chans), jnp.float32)
+    shapes = jax.eval_shape(lambda x: probe.init_with_output(jax.random.key(0), x, train=False)[0], x)
+    assert len(shapes) == len(info)
+    for f, s in zip(info, shapes):
+        assert s.shape[-1] == f["channels"], (name, f, s.shape)
+        # The measured downsampling factor is the declared stride (to the nearest power of two: unpadded
+        # stems such as SqueezeNet's lose a few pixels).
+        assert 2 ** round(np.log2(size / s.shape[1])) == f["stride"], (name, f, s.shape)
+    # A subset, in the order asked for.
+    last = len(info) - 1
+    sub = lm.create_model(name, features_only=True, out_indices=(last, 0))
+    assert [f["index"] for f in sub.feature_info] == [last, 0]
+    with pytest.raises(ValueError, match="out_indices"):
+        lm.create_model(name, features_only=True, out_indices=(len(info),)).feature_info
+
+
+@pytest.mark.parametrize("name", ["squeezenet1_1", "mobilenet_v2_100", "shufflenet_v2_x0_5"])
+def test_num_classes_zero_pooled_features(name):
+    model = lm.create_model(name, num_classes=0)
+    x = jnp.ones((2, 64, 64, 3))
+    out, _ = jax.eval_shape(lambda x: model.init_with_output(jax.random.key(0), x), x)
+    assert out.ndim == 2 and out.shape[0] == 2 and out.shape[1] > NUM_CLASSES
+
+
+def test_dtype_bfloat16_params_stay_float32():
+    model = lm.create_model("mobilenet_v2_050", num_classes=5, dtype=jnp.bfloat16)
+    x = jnp.ones((2, 64, 64, 3))
+    v = model.init(jax.random.key(0), x)
+    assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(v["params"]))
+    y = model.apply(v, x)
+    assert y.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(y)))
+
+
+def test_in_chans():
+    model = lm.create_model("shufflenet_v2_x0_5", in_chans=1, num_classes=3)
+    x = jnp.ones((1, 64, 64, 1))
+    v = model.init(jax.random.key(0), x)
+    chex.assert_shape(model.apply(v, x), (1, 3))
+
+
+def test_unknown_name_lists_close_matches():
+    with pytest.raises(ValueError, match="mobilenet_v2_100"):
+        lm.create_model("mobilenet_v2_10")
+    with pytest.raises(ValueError, match="unknown model"):
+        lm.create_model("resnet50")
+
+
+def test_unknown_kwarg_is_an_error():
+    with pytest.raises(TypeError, match="num_clases"):
+        lm.create_model("squeezenet1_1", num_clases=10)
+    with pytest.raises(TypeError, match="version"):
+        lm.create_model("squeezenet1_1", version="1_0")
+
+
+@pytest.mark.parametrize("shape,match", [
+    ((1, 3, 64, 64), r"NHWC.*\(N, H, W, 3\).*NCHW"),
+    ((64, 64, 3), r"\(N, H, W, 3\)"),
+    ((1, 64, 64, 4), r"\(N, H, W, 3\)"),
+])
+def test_wrong_input_shape_is_a_clear_error(shape, match):
+    model = lm.create_model("squeezenet1_1")
+    with pytest.raises(ValueError, match=match):
+        model.init(jax.random.key(0), jnp.zeros(shape))
