@@ -71,8 +71,12 @@ def check_parity(
     train: bool = True,
     roundtrip: bool = True,
     seed: int = 0,
+    jit: bool = True,
 ) -> Dict[str, float]:
     """Runs eval, train-step and round-trip parity between ``torch_module`` and lightjax ``name``.
+
+    ``jit=True`` runs the lightjax side under ``jax.jit``: one compile per input shape instead of one per op,
+    several times cheaper on CPU for deep nets (``tests/test_models.py`` checks jit == eager separately).
 
     Returns the measured errors (for debugging); asserts each is below ``tol``.
     """
@@ -87,11 +91,13 @@ def check_parity(
     rng = np.random.default_rng(seed)
     with jax.default_matmul_precision("highest"):
         model = lm.create_model(name, **model_kwargs)
+        fwd = lambda v, x: model.apply(v, x, train=False)  # noqa: E731
+        fwd = jax.jit(fwd) if jit else fwd
         for size in sizes:
             x = rng.standard_normal((batch, in_chans, size, size)).astype(np.float32)
             with torch.no_grad():
                 ref = _as_list(torch_module(torch.from_numpy(x)))
-            out = _as_list(model.apply(variables, jnp.asarray(x.transpose(0, 2, 3, 1)), train=False))
+            out = _as_list(fwd(variables, jnp.asarray(x.transpose(0, 2, 3, 1))))
             assert len(out) == len(ref), f"{name}: {len(out)} outputs vs torch {len(ref)}"
             for i, (o, r) in enumerate(zip(out, ref)):
                 r = torch_to_np(r)
@@ -107,8 +113,9 @@ def check_parity(
             with torch.no_grad():
                 ref = _as_list(torch_module(torch.from_numpy(x)))
             tmodel = lm.create_model(name, **{**model_kwargs, "drop_rate": 0.0})
-            out, updates = tmodel.apply(variables, jnp.asarray(x.transpose(0, 2, 3, 1)), train=True,
-                                        mutable=["batch_stats"], rngs={"dropout": jax.random.key(0)})
+            step = lambda v, x: tmodel.apply(v, x, train=True, mutable=["batch_stats"],  # noqa: E731
+                                             rngs={"dropout": jax.random.key(0)})
+            out, updates = (jax.jit(step) if jit else step)(variables, jnp.asarray(x.transpose(0, 2, 3, 1)))
             for i, (o, r) in enumerate(zip(_as_list(out), ref)):
                 errs[f"train_{i}"] = e = max_rel_err(np.asarray(o), torch_to_np(r))
                 assert e < tol, f"{name} train-mode output {i}: rel err {e:.2e} >= {tol}"

@@ -116,6 +116,13 @@ def test_non_strict_replaces_only_the_head(sd, caplog):
         convert.from_torch(NAME, body_missing, num_classes=10, strict=False)
 
 
+def test_headless_model_drops_the_checkpoint_head(sd):
+    v, report = convert.from_torch(NAME, sd, num_classes=0, strict=False, return_report=True)
+    assert report.head_dropped == ["classifier.1"] and "classifier_1" not in v["params"]
+    with pytest.raises(convert.ConversionError, match="unexpected classifier.1.weight"):
+        convert.from_torch(NAME, sd, num_classes=0)
+
+
 def test_unknown_layout_is_an_error(sd):
     renamed = {f"backbone.{k}": v for k, v in sd.items()}
     with pytest.raises(convert.ConversionError, match="match none of the known layouts"):

@@ -49,7 +49,9 @@ def test_variant(name):
     size = _size(name)
     model = lm.create_model(name, num_classes=NUM_CLASSES)
     x = jax.random.normal(jax.random.key(1), (2, size, size, model.in_chans))
-    variables = jax.jit(lambda k, x: model.init(k, x, train=False))(jax.random.key(0), x)
+    # 'rbg' keys: threefry makes XLA compile a large graph per parameter initialiser (tens of seconds for
+    # MobileNetV3); the values do not matter here.
+    variables = jax.jit(lambda k, x: model.init(k, x, train=False))(jax.random.key(0, impl="rbg"), x)
     assert "params" in variables
 
     # Eval forward: shape, finiteness, jit == eager.
@@ -89,7 +91,9 @@ def test_variant(name):
         before = jax.tree_util.tree_leaves(variables["batch_stats"])
         after = jax.tree_util.tree_leaves(updates["batch_stats"])
         assert len(before) == len(after)
-        changed = sum(not np.allclose(a, b) for a, b in zip(before, after))
+        # Exact comparison: a BatchNorm fed by a linear BN -> 1x1 conv sees a batch mean of ~1e-10, so its
+        # running mean moves by less than any allclose tolerance (torchvision behaves the same).
+        changed = sum(not np.array_equal(a, b) for a, b in zip(before, after))
         assert changed == len(before), f"{name}: {len(before) - changed} batch_stats not updated in train mode"
 
 

@@ -47,6 +47,7 @@ from lightjax.convert import mobilenet_v1 as _mobilenet_v1  # noqa: F401,E402
 from lightjax.convert import mobilenet_v2 as _mobilenet_v2  # noqa: F401,E402
 from lightjax.convert import mobilenet_v3 as _mobilenet_v3  # noqa: F401,E402
 from lightjax.convert import shufflenet as _shufflenet  # noqa: F401,E402
+from lightjax.convert import shufflenet_v2 as _shufflenet_v2  # noqa: F401,E402
 from lightjax.convert import squeezenet as _squeezenet  # noqa: F401,E402
 from lightjax.convert import xception as _xception  # noqa: F401,E402
 
@@ -161,7 +162,17 @@ def from_torch(
     ignored = [k for k in sd if k.endswith(IGNORED_SUFFIXES)]
     unexpected = sorted(k for k in sd if k not in expected and k not in ignored)
     head_keys = {leaf.torch_key.rsplit(".", 1)[0] for leaf in leaves if leaf.head}
-    unexpected_head = [k for k in unexpected if k.rsplit(".", 1)[0] in head_keys or _is_head_like(k, head_keys)]
+    if not head_keys:
+        # A headless model (num_classes=0 / features_only): the checkpoint's classifier is what a model with
+        # the default head would have, and strict=False may drop it.
+        full_kwargs = {k: v for k, v in model_kwargs.items() if k not in ("num_classes", "features_only", "out_indices")}
+        full = registry.create_model(model_name, **full_kwargs)
+        full_leaves = expand_rows(lay.rows(model_name, full), variable_shapes(model_name, full))
+        dropped_heads = {leaf.torch_key.rsplit(".", 1)[0] for leaf in full_leaves if leaf.head}
+    else:
+        dropped_heads = set()
+    head_like = head_keys | dropped_heads
+    unexpected_head = [k for k in unexpected if k.rsplit(".", 1)[0] in head_like or _is_head_like(k, head_like)]
     unexpected_body = [k for k in unexpected if k not in unexpected_head]
 
     problems = missing + mismatched + [f"unexpected {k}" for k in unexpected_body]
@@ -175,7 +186,10 @@ def from_torch(
 
     report = Report(model=model_name, layout=f"{lay.family}/{lay.name}", mapped=len(expected) - len(head_problems),
                     ignored=ignored)
-    if head_problems or unexpected_head:
+    if unexpected_head and not head_keys:
+        report.head_dropped = sorted(dropped_heads)
+        log.warning("%s: checkpoint classifier %s not used (model has no head)", model_name, sorted(dropped_heads))
+    elif head_problems or unexpected_head:
         # strict=False: the classifier is re-initialised the way the model initialises it.
         init_vars = jax.jit(lambda k: model.init(k, jnp.zeros((1, 64, 64, getattr(model, "in_chans", 3))), train=False))(
             rng if rng is not None else jax.random.key(0))

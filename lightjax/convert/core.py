@@ -312,6 +312,7 @@ class Report:
     mapped: int = 0
     ignored: List[str] = dataclasses.field(default_factory=list)
     head_reinitialised: List[str] = dataclasses.field(default_factory=list)
+    head_dropped: List[str] = dataclasses.field(default_factory=list)
     max_abs_diff: Optional[float] = None
 
     def summary(self) -> str:
@@ -323,6 +324,8 @@ class Report:
         ]
         if self.head_reinitialised:
             lines.append(f"head re-initialised (strict=False): {', '.join(self.head_reinitialised)}")
+        elif self.head_dropped:
+            lines.append(f"head dropped (model has no classifier, strict=False): {', '.join(self.head_dropped)}")
         else:
             lines.append("head: loaded from the checkpoint")
         if self.max_abs_diff is not None:

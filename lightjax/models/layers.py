@@ -129,7 +129,7 @@ class BatchNorm(nn.Module):
         if use_running_average:
             mean, var = ra_mean.value, ra_var.value
         else:
-            xf = x.astype(jnp.float32)
+            xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))  # float32, or float64 under x64
             mean = jnp.mean(xf, axis=reduce_axes)
             var = jnp.mean(jnp.square(xf - mean), axis=reduce_axes)
             if not self.is_initializing():
@@ -145,7 +145,7 @@ class BatchNorm(nn.Module):
         if self.use_bias:
             shift = shift + self.param("bias", self.bias_init, (features,), self.param_dtype)
         dtype = self.dtype or x.dtype
-        return (x.astype(jnp.float32) * mul + shift).astype(dtype)
+        return (x.astype(jnp.promote_types(x.dtype, jnp.float32)) * mul + shift).astype(dtype)
 
 
 class Conv2d(nn.Module):
