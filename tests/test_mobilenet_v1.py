@@ -56,16 +56,22 @@ def test_parity_timm_width_025(torch, timm):
 
 
 def test_timm_weights_need_relu6(torch, timm):
-    # Same keys and shapes, different activation: timm weights load silently into the ReLU (seed) model, so
-    # check that its output really differs (test_parity_timm shows act="relu6" matches).
+    # Same keys-to-shapes as the seed model but ReLU6: loading timm weights into the ReLU model would be a
+    # silent wrong answer, so from_torch refuses it, and load_model builds the ReLU6 model by itself.
     tm = timm.create_model("mobilenetv1_100").eval()
     randomize_(tm, 1)
+    with pytest.raises(convert.ConversionError, match="act='relu6'"):
+        convert.from_torch("mobilenet_v1_100", tm.state_dict())  # act="relu" (default)
     x = np.random.default_rng(0).standard_normal((1, 3, 64, 64)).astype(np.float32) * 3
     with torch.no_grad():
         ref = tm(torch.from_numpy(x)).numpy()
-    v = convert.from_torch("mobilenet_v1_100", tm.state_dict())  # act="relu" (default)
-    out = jax.jit(lm.create_model("mobilenet_v1_100").apply)(v, jnp.asarray(x.transpose(0, 2, 3, 1)))
-    assert max_rel_err(np.asarray(out), ref) > 1e-2
+    model, v = lm.load_model("mobilenet_v1_100", tm.state_dict())
+    assert model.act == "relu6"
+    out = jax.jit(model.apply)(v, jnp.asarray(x.transpose(0, 2, 3, 1)))
+    assert max_rel_err(np.asarray(out), ref) < 1e-4
+    # And the ReLU model really computes something else on these weights.
+    relu_out = jax.jit(lm.create_model("mobilenet_v1_100").apply)(v, jnp.asarray(x.transpose(0, 2, 3, 1)))
+    assert max_rel_err(np.asarray(relu_out), ref) > 1e-2
 
 
 def test_features_only_parity_timm(torch, timm):

@@ -53,7 +53,7 @@ from lightjax.convert import xception as _xception  # noqa: F401,E402
 
 log = logging.getLogger(__name__)
 
-__all__ = ["from_torch", "to_torch", "read_checkpoint", "variable_shapes", "save_flax", "load_flax",
+__all__ = ["from_torch", "detect_layout", "to_torch", "read_checkpoint", "variable_shapes", "save_flax", "load_flax",
            "ConversionError", "CheckpointReadError"]
 
 #: Suffixes of lightjax's own (Flax msgpack) variable files.
@@ -142,6 +142,15 @@ def from_torch(
     shapes = variable_shapes(model_name, model)
     lay, leaves = pick_layout(model_name, model, sd.keys(), shapes, layout)
     check_table_covers(leaves, shapes, f"{lay.family}/{lay.name}")
+    conflicts = {k: v for k, v in lay.requires.items() if getattr(model, k) != v}
+    if conflicts:
+        # Same keys and shapes, different computation (e.g. ReLU vs ReLU6): loading would be silently wrong.
+        wanted = ", ".join(f"{k}={v!r}" for k, v in conflicts.items())
+        raise ConversionError(
+            f"{model_name}: a {lay.name} checkpoint needs the model built with {wanted} (got "
+            f"{', '.join(f'{k}={getattr(model, k)!r}' for k in conflicts)}); pass {wanted} to from_torch and "
+            f"create_model, or use lightjax.models.load_model, which does both"
+        )
 
     expected = {leaf.torch_key: leaf for leaf in leaves}
     missing, mismatched, head_problems = [], [], []
@@ -203,6 +212,13 @@ def from_torch(
     if not variables["batch_stats"]:
         variables.pop("batch_stats")
     return (variables, report) if return_report else variables
+
+
+def detect_layout(model_name: str, checkpoint: Any, layout: Optional[str] = None, **model_kwargs: Any) -> Layout:
+    """The key layout (torchvision / timm / seed ...) a checkpoint is in, detected from its keys."""
+    sd = read_checkpoint(checkpoint)
+    model = registry.create_model(model_name, **model_kwargs)
+    return pick_layout(model_name, model, sd.keys(), variable_shapes(model_name, model), layout)[0]
 
 
 def to_torch(model_name: str, variables: Any, *, layout: Optional[str] = None, **model_kwargs: Any) -> Dict[str, np.ndarray]:

@@ -30,6 +30,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     strict = not (args.non_strict or args.num_classes is not None)
     try:
         sd = convert.read_checkpoint(args.src)
+        lay = convert.detect_layout(args.model, sd, layout=None, **kwargs) if args.layout is None else None
+        kwargs = {**(lay.requires if lay else {}), **kwargs}  # e.g. timm MobileNetV1 needs act="relu6"
         variables, report = convert.from_torch(args.model, sd, strict=strict, layout=args.layout,
                                                return_report=True, **kwargs)
     except (convert.ConversionError, convert.CheckpointReadError, ValueError) as e:
@@ -43,6 +45,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         if got is not None:
             report.max_abs_diff = got[0]
     print(report.summary())
+    extra = {k: v for k, v in kwargs.items() if k != "num_classes"}
+    if extra:
+        print(f"model settings implied by the checkpoint: {extra} (pass them to create_model)")
     if report.max_abs_diff is None and not args.no_probe:
         print("probe: skipped (torch or the checkpoint's PyTorch implementation is not importable, or the head changed)")
     print(f"wrote {args.dst} (Flax msgpack; read it with lightjax.convert.load_flax or lightjax.models.load_model)")

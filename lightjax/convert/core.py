@@ -83,6 +83,8 @@ class Layout:
     rows: Callable[[str, Any], List[Row]]  # (model_name, model) -> rows
     primary: bool = False
     notes: str = ""
+    #: Model fields a checkpoint in this layout needs (e.g. timm MobileNetV1 uses ReLU6: {"act": "relu6"}).
+    requires: Dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def applies(self, model_name: str) -> bool:
         return any(fnmatch.fnmatch(model_name, p) for p in self.models)
@@ -97,14 +99,16 @@ def register_layout(
     models: Sequence[str],
     primary: bool = False,
     notes: str = "",
+    requires: Optional[Dict[str, Any]] = None,
 ) -> Callable[[Callable[[str, Any], List[Row]]], Callable[[str, Any], List[Row]]]:
     """Decorator registering a key-table function for the models matching ``models``.
 
-    ``primary`` marks the layout :func:`to_torch` writes by default.
+    ``primary`` marks the layout :func:`to_torch` writes by default. ``requires`` lists model fields that
+    checkpoints in this layout need (:func:`lightjax.convert.from_torch` refuses a model that differs).
     """
 
     def deco(fn):
-        _LAYOUTS.append(Layout(family, name, tuple(models), fn, primary, notes))
+        _LAYOUTS.append(Layout(family, name, tuple(models), fn, primary, notes, dict(requires or {})))
         return fn
 
     return deco

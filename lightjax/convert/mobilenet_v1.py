@@ -41,7 +41,7 @@ def seed_rows(model_name: str, model) -> List[Row]:
 
 @register_layout("mobilenet_v1", "timm", _MODELS,
                  notes="timm mobilenetv1_100 (conv_stem, blocks.S.J.conv_dw/bn1/conv_pw/bn2, classifier); "
-                       "needs act='relu6'")
+                       "needs act='relu6'", requires={"act": "relu6"})
 def timm_rows(model_name: str, model) -> List[Row]:
     rows = [Row("conv_stem", ("model_0", "0"), "conv"), Row("bn1", ("model_0", "1"), "bn")]
     for idx, stage, j, *_ in block_specs(model.width):

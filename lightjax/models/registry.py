@@ -135,9 +135,10 @@ def load_model(name: str, checkpoint: Any, **kwargs: Any):
     from lightjax import convert  # local: convert stands on the models, not the other way round
 
     strict = kwargs.pop("strict", True)
-    model = create_model(name, **kwargs)
     if isinstance(checkpoint, str) and checkpoint.endswith(convert.FLAX_SUFFIXES):
-        variables = convert.load_flax(checkpoint)
-    else:
-        variables = convert.from_torch(name, checkpoint, strict=strict, **kwargs)
-    return model, variables
+        return create_model(name, **kwargs), convert.load_flax(checkpoint)
+    sd = convert.read_checkpoint(checkpoint)
+    # Settings the checkpoint's layout implies (e.g. timm MobileNetV1 is ReLU6), unless given explicitly.
+    kwargs = {**convert.detect_layout(name, sd, **kwargs).requires, **kwargs}
+    model = create_model(name, **kwargs)
+    return model, convert.from_torch(name, sd, strict=strict, **kwargs)
