@@ -1,0 +1,300 @@
+"""lightjax.models.ops: every CPU formulation equals the plain ``lax.conv`` ("xla") path, forward and gradients.
+
+Per op in float32 (relative to the largest reference magnitude, <= ~1e-5); a whole model's gradients in float64;
+bfloat16 inputs; the backend choice and its override; SPMD sharding of the batch; the benchmark's --quick mode.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lightjax.models import ops
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(autouse=True)
+def _restore_impl():
+    yield
+    ops.set_conv_impl(None)
+
+
+def rel(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
+
+
+def conv_and_grads(impl, x, k, **kw):
+    """Output and (dx, dk) of <conv(x, k), ct> under one formulation (one fresh jitted trace)."""
+    ops.set_conv_impl(impl)
+
+    @jax.jit
+    def f(x, k):
+        y, vjp = jax.vjp(lambda x, k: ops.conv2d(x, k, **kw), x, k)
+        ct = jax.random.normal(jax.random.key(7), y.shape, jnp.float32).astype(y.dtype)
+        return y, vjp(ct)
+
+    out = f(x, k)
+    ops.set_conv_impl(None)
+    return out
+
+
+# (input shape NHWC, kernel HWIO, stride, padding, dilation, groups): every layer kind the families use.
+CASES = {
+    # depthwise 3x3: strides 1/2, odd sizes, non-square
+    "dw_s1": ((2, 9, 11, 6), (3, 3, 1, 6), 1, 1, 1, 6),
+    "dw_s2_odd": ((2, 9, 11, 6), (3, 3, 1, 6), 2, 1, 1, 6),
+    "dw_s2_even": ((2, 10, 12, 6), (3, 3, 1, 6), 2, 1, 1, 6),
+    # asymmetric pads (TF-'same'-like ((0,1),(0,1)), the seed's fixed_padding done as conv padding)
+    "dw_s2_asym": ((2, 10, 10, 6), (3, 3, 1, 6), 2, ((0, 1), (0, 1)), 1, 6),
+    "dw_s1_asym": ((2, 7, 8, 6), (3, 3, 1, 6), 1, ((1, 1), (2, 0)), 1, 6),
+    # unpadded (the seed pads outside the conv with F.pad) and over-padded
+    "dw_nopad": ((2, 13, 9, 6), (3, 3, 1, 6), 1, 0, 1, 6),
+    "dw_nopad_s2": ((2, 13, 9, 6), (3, 3, 1, 6), 2, 0, 1, 6),
+    # dilation 2 / 4 (aligned Xception, output_stride 8/16; MobileNetV3 dilated)
+    "dw_dil2": ((2, 13, 9, 6), (3, 3, 1, 6), 1, 2, 2, 6),
+    "dw_dil4_s2": ((2, 13, 9, 6), (3, 3, 1, 6), 2, 4, 4, 6),
+    "dw_dil2_5x5": ((2, 12, 11, 6), (5, 5, 1, 6), 1, 4, 2, 6),
+    # 5x5 (MobileNetV3), stride 2, odd size
+    "dw_5x5_s2": ((2, 13, 9, 6), (5, 5, 1, 6), 2, 2, 1, 6),
+    "dw_5x5_s1": ((2, 7, 7, 6), (5, 5, 1, 6), 1, 2, 1, 6),
+    # channel multiplier 2
+    "dw_mult2": ((2, 9, 7, 6), (3, 3, 1, 12), 1, 1, 1, 6),
+    # 1x1 on a 1x1 map (SE-like), 3x3 depthwise on a tiny map with big padding
+    "dw_tiny": ((2, 2, 2, 4), (3, 3, 1, 4), 1, 1, 1, 4),
+    "dw_1px_s2": ((2, 1, 1, 4), (3, 3, 1, 4), 2, 1, 1, 4),
+    # pointwise
+    "pw": ((2, 9, 11, 6), (1, 1, 6, 8), 1, 0, 1, 1),
+    "pw_s2": ((2, 9, 11, 6), (1, 1, 6, 8), 2, 0, 1, 1),
+    "pw_1x1map": ((2, 1, 1, 16), (1, 1, 16, 4), 1, 0, 1, 1),
+    "pw_padded": ((2, 5, 6, 6), (1, 1, 6, 8), 1, 1, 1, 1),
+    # grouped 1x1 (ShuffleNet v1 g=3, g=8)
+    "gpw_g3": ((2, 9, 11, 12), (1, 1, 4, 9), 1, 0, 1, 3),
+    "gpw_g8": ((2, 5, 7, 16), (1, 1, 2, 24), 1, 0, 1, 8),
+    "gpw_g16_xla": ((2, 5, 7, 32), (1, 1, 2, 32), 1, 0, 1, 16),
+    "dw_1x1_s2": ((2, 7, 6, 8), (1, 1, 1, 8), 2, 0, 1, 8),
+    # dense stems (im2col) 3x3 s2 and 7x7 s2, odd sizes
+    "stem3_s2": ((2, 9, 11, 3), (3, 3, 3, 8), 2, 1, 1, 1),
+    "stem3_s2_nopad": ((2, 9, 11, 3), (3, 3, 3, 8), 2, 0, 1, 1),
+    "stem7_s2": ((2, 13, 11, 3), (7, 7, 3, 8), 2, 3, 1, 1),
+    "stem_1ch": ((2, 8, 8, 1), (3, 3, 1, 4), 1, 1, 2, 1),
+    # dense kxk with many channels (lax.conv), grouped kxk (lax.conv)
+    "dense3": ((2, 9, 11, 8), (3, 3, 8, 8), 1, 1, 1, 1),
+    "grouped3": ((2, 9, 11, 8), (3, 3, 2, 8), 2, 1, 1, 4),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_cpu_formulation_matches_xla_float32(case):
+    shape, kshape, stride, padding, dilation, groups = CASES[case]
+    x = jax.random.normal(jax.random.key(0), shape, jnp.float32)
+    k = jax.random.normal(jax.random.key(1), kshape, jnp.float32)
+    kw = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+    y0, (dx0, dk0) = conv_and_grads("xla", x, k, **kw)
+    y1, (dx1, dk1) = conv_and_grads("cpu", x, k, **kw)
+    assert y1.shape == y0.shape and y1.dtype == y0.dtype
+    assert rel(y1, y0) < 1e-5, case
+    assert rel(dx1, dx0) < 1e-5, case
+    assert rel(dk1, dk0) < 1e-5, case
+
+
+@pytest.mark.parametrize("case", ["dw_s2_odd", "dw_dil2", "gpw_g3", "pw_s2", "stem3_s2"])
+def test_cpu_formulation_float64_exact(case):
+    shape, kshape, stride, padding, dilation, groups = CASES[case]
+    with jax.enable_x64(True):
+        x = jax.random.normal(jax.random.key(0), shape, jnp.float64)
+        k = jax.random.normal(jax.random.key(1), kshape, jnp.float64)
+        kw = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+        y0, (dx0, dk0) = conv_and_grads("xla", x, k, **kw)
+        y1, (dx1, dk1) = conv_and_grads("cpu", x, k, **kw)
+        assert y1.dtype == jnp.float64 and dk1.dtype == jnp.float64
+        for a, b in ((y1, y0), (dx1, dx0), (dk1, dk0)):
+            assert rel(a, b) < 1e-12, case
+
+
+@pytest.mark.parametrize("case", ["dw_s2_odd", "pw", "gpw_g3", "stem3_s2", "dw_dil2"])
+def test_cpu_formulation_bfloat16(case):
+    shape, kshape, stride, padding, dilation, groups = CASES[case]
+    x = jax.random.normal(jax.random.key(0), shape, jnp.float32)
+    k = jax.random.normal(jax.random.key(1), kshape, jnp.float32)
+    kw = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+    y32, _ = conv_and_grads("xla", x, k, **kw)
+    y1, (dx1, dk1) = conv_and_grads("cpu", x.astype(jnp.bfloat16), k.astype(jnp.bfloat16), **kw)
+    assert y1.dtype == jnp.bfloat16 and dx1.dtype == jnp.bfloat16 and dk1.dtype == jnp.bfloat16
+    assert rel(y1.astype(jnp.float32), y32) < 3e-2
+    assert np.isfinite(np.asarray(dk1, np.float32)).all()
+
+
+def test_mixed_dtype_promotes_like_xla():
+    x = jax.random.normal(jax.random.key(0), (2, 6, 6, 4), jnp.bfloat16)
+    k = jax.random.normal(jax.random.key(1), (3, 3, 1, 4), jnp.float32)
+    ops.set_conv_impl("cpu")
+    y = ops.conv2d(x, k, padding=1, groups=4)
+    assert y.dtype == jnp.float32
+
+
+def test_impl_selection_and_override(monkeypatch):
+    monkeypatch.delenv("LIGHTJAX_CONV_IMPL", raising=False)
+    assert ops.conv_impl() == ("cpu" if jax.default_backend() == "cpu" else "xla")
+    monkeypatch.setenv("LIGHTJAX_CONV_IMPL", "xla")
+    assert ops.conv_impl() == "xla"
+    ops.set_conv_impl("cpu")
+    assert ops.conv_impl() == "cpu"  # explicit setting wins over the environment
+    ops.set_conv_impl(None)
+    monkeypatch.setenv("LIGHTJAX_CONV_IMPL", "bogus")
+    with pytest.raises(ValueError, match="LIGHTJAX_CONV_IMPL"):
+        ops.conv_impl()
+    with pytest.raises(ValueError, match="unknown conv impl"):
+        ops.set_conv_impl("fast")
+
+
+def test_xla_impl_is_plain_lax_conv():
+    """LIGHTJAX_CONV_IMPL=xla must lower to a single grouped convolution (the GPU/TPU path)."""
+    x = jnp.zeros((1, 8, 8, 4))
+    k = jnp.zeros((3, 3, 1, 4))
+    ops.set_conv_impl("xla")
+    hlo = jax.jit(lambda x, k: ops.conv2d(x, k, padding=1, groups=4)).lower(x, k).as_text()
+    assert "convolution" in hlo and "feature_group_count = 4" in hlo
+    ops.set_conv_impl("cpu")
+    hlo = jax.jit(lambda x, k: ops.conv2d(x, k, padding=1, groups=4)).lower(x, k).as_text()
+    assert "convolution" not in hlo
+
+
+def test_errors():
+    with pytest.raises(ValueError, match="channels"):
+        ops.conv2d(jnp.zeros((1, 4, 4, 3)), jnp.zeros((3, 3, 2, 4)))
+    with pytest.raises(ValueError, match="smaller than the kernel"):
+        ops.conv2d(jnp.zeros((1, 2, 2, 3)), jnp.zeros((3, 3, 3, 4)))
+    with pytest.raises(ValueError, match="string padding"):
+        ops.conv2d(jnp.zeros((1, 4, 4, 3)), jnp.zeros((3, 3, 3, 4)), padding="SAME")
+
+
+@pytest.mark.parametrize("impl", ["xla", "cpu"])
+@pytest.mark.parametrize("groups", [2, 3, 4])
+def test_channel_shuffle(groups, impl):
+    ops.set_conv_impl(impl)
+    c = 12
+    x = jax.random.normal(jax.random.key(0), (2, 3, 5, c))
+    y = ops.channel_shuffle(x, groups)
+    # torch: x.view(N, g, C/g, H, W).permute(0, 2, 1, 3, 4): channel i*(C/g)+j -> j*g+i
+    for i in range(groups):
+        for j in range(c // groups):
+            np.testing.assert_array_equal(y[..., j * groups + i], x[..., i * (c // groups) + j])
+    np.testing.assert_array_equal(y, x[..., ops.shuffle_permutation(c, groups)])
+    ct = jax.random.normal(jax.random.key(1), y.shape)
+    g = jax.grad(lambda x: jnp.sum(ops.channel_shuffle(x, groups) * ct))(x)
+    np.testing.assert_array_equal(g, ct[..., np.argsort(ops.shuffle_permutation(c, groups))])
+    with pytest.raises(ValueError, match="divisible"):
+        ops.channel_shuffle(x, 5)
+
+
+def _model_grads(name, impl, x, variables, **kwargs):
+    import lightjax.models as lm
+
+    ops.set_conv_impl(impl)
+    model = lm.create_model(name, drop_rate=0.0, **kwargs)
+
+    def loss(params):
+        out, upd = model.apply({"params": params, "batch_stats": variables["batch_stats"]}, x, train=True,
+                               mutable=["batch_stats"])
+        return jnp.sum(out * jnp.arange(out.shape[-1], dtype=out.dtype) / out.shape[-1]), upd
+
+    (val, upd), g = jax.jit(jax.value_and_grad(loss, has_aux=True))(variables["params"])
+    ops.set_conv_impl(None)
+    return val, g, upd
+
+
+@pytest.mark.parametrize("name,size", [("mobilenet_v1_025", 33)])
+def test_whole_model_gradients_float64(name, size):
+    """Train-mode loss, parameter gradients and BN statistics agree between formulations in float64."""
+    import lightjax.models as lm
+
+    if name not in lm.list_models():
+        pytest.skip(f"{name} not registered yet")
+    with jax.enable_x64(True):
+        model = lm.create_model(name, drop_rate=0.0, num_classes=10)
+        x = jax.random.normal(jax.random.key(0), (2, size, size, 3), jnp.float64)
+        variables = model.init(jax.random.key(1), x, train=False)
+        variables = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), variables)
+        v0, g0, u0 = _model_grads(name, "xla", x, variables, num_classes=10)
+        v1, g1, u1 = _model_grads(name, "cpu", x, variables, num_classes=10)
+    assert rel(v1, v0) < 1e-6  # the models cast logits to float32
+    flat0, flat1 = jax.tree_util.tree_leaves(g0), jax.tree_util.tree_leaves(g1)
+    assert len(flat0) == len(flat1) > 10
+    tol = 1e-9 if all(a.dtype == np.float64 for a in jax.tree_util.tree_leaves(u0)) else 1e-5
+    num = sum(float(np.sum((np.asarray(a) - np.asarray(b)) ** 2)) for a, b in zip(flat1, flat0))
+    den = sum(float(np.sum(np.asarray(b) ** 2)) for b in flat0)
+    assert (num / den) ** 0.5 < tol
+    for a, b in zip(jax.tree_util.tree_leaves(u1), jax.tree_util.tree_leaves(u0)):
+        assert rel(a, b) < tol
+
+
+def test_sharded_batch_spmd():
+    """jit + grad with the batch sharded over a 2-device Mesh (NamedSharding) runs and matches one device."""
+    code = textwrap.dedent(
+        """
+        import os
+        os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+        import jax, jax.numpy as jnp, numpy as np
+        from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+        from lightjax.models import ops
+        ops.set_conv_impl("cpu")
+        mesh = Mesh(np.array(jax.devices()[:2]), ("data",))
+        x = jax.random.normal(jax.random.key(0), (4, 9, 9, 6))
+        kd = jax.random.normal(jax.random.key(1), (3, 3, 1, 6))
+        kp = jax.random.normal(jax.random.key(2), (1, 1, 6, 9))
+        kg = jax.random.normal(jax.random.key(3), (1, 1, 3, 9))
+        def loss(x, kd, kp, kg):
+            y = ops.conv2d(x, kd, stride=2, padding=1, groups=6)
+            y = ops.channel_shuffle(ops.conv2d(y, kp), 3)
+            y = ops.conv2d(y, kg, groups=3)
+            return jnp.sum(y ** 2)
+        f = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3)))
+        ref = f(x, kd, kp, kg)
+        xs = jax.device_put(x, NamedSharding(mesh, P("data")))
+        out = f(xs, kd, kp, kg)
+        assert len(out[1][0].sharding.device_set) == 2
+        for a, b in zip(jax.tree_util.tree_leaves(out), jax.tree_util.tree_leaves(ref)):
+            a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+            assert np.abs(a - b).max() <= 1e-5 * np.abs(b).max(), (a.shape, np.abs(a - b).max(), np.abs(b).max())
+        print("ok")
+        """
+    )
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), JAX_PLATFORMS="cpu")
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]
+
+
+def test_bench_quick_prints_table():
+    """``python -m lightjax.bench --quick`` runs and prints the table (nothing is asserted about speed)."""
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    r = subprocess.run([sys.executable, "-m", "lightjax.bench", "--quick"], env=env, capture_output=True,
+                       text=True, timeout=600, cwd=REPO)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = r.stdout
+    assert "allocator:" in out and "jax " in out
+    assert "| model | size | infer lj |" in out
+    assert "| squeezenet1_1 | 64 |" in out
+
+
+def test_parameters_identical_whichever_path():
+    """The formulation never changes the parameter tree (names, shapes, dtypes): checkpoints are shared."""
+    import lightjax.models as lm
+
+    name = "mobilenet_v1_025" if "mobilenet_v1_025" in lm.list_models() else "squeezenet1_1"
+    model = lm.create_model(name)
+    x = jnp.zeros((1, 32, 32, 3))
+    trees = []
+    for impl in ("xla", "cpu"):
+        ops.set_conv_impl(impl)
+        trees.append(jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False)))
+    assert jax.tree_util.tree_structure(trees[0]) == jax.tree_util.tree_structure(trees[1])
+    assert jax.tree_util.tree_leaves(trees[0]) == jax.tree_util.tree_leaves(trees[1])

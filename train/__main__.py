@@ -1,0 +1,59 @@
+"""``python -m train --config configs/<name>.py --workdir DIR [--config.field=value ...]``.
+
+Multi-host: on TPU VMs ``jax.distributed.initialize()`` is called automatically; elsewhere pass
+``--coordinator_address=HOST:PORT --num_processes=N --process_id=I`` to every process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Training config file (configs/*.py).", lock_config=True)
+flags.DEFINE_string("workdir", None, "Checkpoints, metrics.jsonl, TensorBoard events and curves go here.")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0 for jax.distributed (multi-process).")
+flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator_address).")
+flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator_address).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _on_tpu_vm() -> bool:
+    return any(k in os.environ for k in ("TPU_WORKER_HOSTNAMES", "CLOUD_TPU_TASK_ID", "TPU_ACCELERATOR_TYPE"))
+
+
+def main(argv) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    import jax
+
+    if FLAGS.coordinator_address:
+        jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    elif _on_tpu_vm():
+        jax.distributed.initialize()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("train").setLevel(logging.INFO)
+
+    from train import checks, trainer
+
+    try:
+        result = trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    except checks.ConfigError as e:
+        sys.exit(f"config error: {e}")
+    except trainer.NonFiniteLossError as e:
+        sys.exit(f"training stopped: {e}")
+    m = result["metrics"]
+    if jax.process_index() == 0:
+        parts = [f"step {m.get('step')}"]
+        for k in ("train_loss", "eval_top1", "eval_top5", "ema_eval_top1"):
+            if k in m:
+                parts.append(f"{k} {m[k]:.4f}")
+        print("final: " + ", ".join(parts), flush=True)
+
+
+if __name__ == "__main__":
+    app.run(main)
