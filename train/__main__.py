@@ -31,12 +31,20 @@ def main(argv) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     import jax
 
+    if FLAGS.config.model.dtype == "float64":  # must be on before the first array is made
+        jax.config.update("jax_enable_x64", True)
     if FLAGS.coordinator_address:
         jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     elif _on_tpu_vm():
         jax.distributed.initialize()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("train").setLevel(logging.INFO)
+    # Orbax and tfds log every checkpoint/array write at INFO through absl (~1,000 lines in the default run):
+    # keep their warnings, drop the chatter that would bury the progress bar. --verbosity=0 brings it back.
+    from absl import logging as absl_logging
+
+    if not any(a.split("=")[0] in ("-v", "--v", "--verbosity") for a in sys.argv[1:]):
+        absl_logging.set_verbosity(absl_logging.WARNING)
 
     from train import checks, trainer
 

@@ -58,7 +58,13 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
         close = difflib.get_close_matches(str(config.model.name), lm.list_models(), n=3, cutoff=0.5)
         hint = f"; did you mean {close}?" if close else ""
         raise ConfigError("model.name", config.model.name, f"a registered model (lightjax.models.list_models()){hint}")
-    _one_of("model.dtype", config.model.dtype, ["float32", "bfloat16"])
+    _one_of("model.dtype", config.model.dtype, ["float32", "bfloat16", "float64"])
+    if config.model.dtype == "float64":
+        import jax
+
+        if not jax.config.jax_enable_x64:
+            raise ConfigError("model.dtype", config.model.dtype, "float32 or bfloat16 unless jax_enable_x64 is on "
+                              "(JAX_ENABLE_X64=1; python -m train turns it on for float64)")
     _one_of("model.init_format", config.model.init_format, ["auto", "torch", "orbax"])
     _one_of("optimizer.name", config.optimizer.name, ["sgd", "rmsprop", "adamw"])
     _one_of("schedule.name", config.schedule.name, ["cosine", "linear", "exponential", "constant"])

@@ -17,7 +17,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.name = "squeezenet1_1"
     c.model.in_chans = 3
     c.model.drop_rate = -1.0  # < 0: the architecture's reference default
-    c.model.dtype = "float32"  # computation dtype: "float32" | "bfloat16" (params stay float32)
+    c.model.dtype = "float32"  # "float32" | "bfloat16" (bf16 compute, float32 params) | "float64" (all float64:
+    # numerics checks; python -m train turns on jax_enable_x64 for it)
     # Fine-tuning: start from a converted PyTorch checkpoint (.pth/.safetensors, read with
     # lightjax.convert.from_torch(strict=False): the head is re-initialised when num_classes differs) or a
     # lightjax Orbax checkpoint directory (a workdir's step dir or its "state" item).

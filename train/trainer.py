@@ -55,9 +55,16 @@ class TrainState:
 # ----------------------------------------------------------------------------------------------------------
 
 
+def compute_dtype(config: ml_collections.ConfigDict) -> Any:
+    """The model's computation dtype (``config.model.dtype``)."""
+    return {"bfloat16": jnp.bfloat16, "float64": jnp.float64}.get(config.model.dtype, jnp.float32)
+
+
 def create_model(config: ml_collections.ConfigDict):
-    kwargs: Dict[str, Any] = dict(num_classes=config.data.num_classes, in_chans=config.model.in_chans,
-                                  dtype=jnp.bfloat16 if config.model.dtype == "bfloat16" else jnp.float32)
+    dtype = compute_dtype(config)
+    kwargs: Dict[str, Any] = dict(num_classes=config.data.num_classes, in_chans=config.model.in_chans, dtype=dtype)
+    if dtype == jnp.float64:  # a float64 run keeps everything (params, optimizer state) in float64
+        kwargs["param_dtype"] = jnp.float64
     if config.model.drop_rate >= 0:
         kwargs["drop_rate"] = config.model.drop_rate
     return lm.create_model(config.model.name, **kwargs)
@@ -154,7 +161,7 @@ def init_state(config: ml_collections.ConfigDict, model, tx: optax.GradientTrans
 def train_step(state: TrainState, batch: Dict[str, jax.Array], *, model, tx, schedule, config) -> Tuple[TrainState, Dict]:
     """One optimizer step on a global batch; returns the new state and scalar metrics."""
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-    x = batch["image"].astype(jnp.bfloat16 if config.model.dtype == "bfloat16" else jnp.float32)
+    x = batch["image"].astype(compute_dtype(config))
     labels = batch["label"]
 
     def loss_fn(params):
@@ -185,7 +192,7 @@ def train_step(state: TrainState, batch: Dict[str, jax.Array], *, model, tx, sch
 
 def eval_step(params, batch_stats, batch, *, model, config) -> Dict[str, jax.Array]:
     """Sums of correct top-1/top-5, loss and count over the real (mask 1) examples of a batch."""
-    x = batch["image"].astype(jnp.bfloat16 if config.model.dtype == "bfloat16" else jnp.float32)
+    x = batch["image"].astype(compute_dtype(config))
     logits = model.apply({"params": params, "batch_stats": batch_stats}, x, train=False).astype(jnp.float32)
     labels, mask = batch["label"], batch["mask"]
     k = min(5, logits.shape[-1])
