@@ -9,7 +9,7 @@ python -m lightjax.bench --device              # the same on the accelerator (ja
 
 For each model it prints one table row: inference img/s and training-step img/s (SGD momentum 0.9,
 cross-entropy, train-mode BatchNorm) for lightjax and for PyTorch eager (the better of NCHW and channels_last),
-their ratio, the first-call compile time of lightjax (AOT lower + compile of the train step, and of the
+their ratio (each model in a fresh process unless ``--in-process``), the first-call compile time of lightjax (AOT lower + compile of the train step, and of the
 forward), and the peak RSS of a train step for each side (``--memory``, separate processes). Every timing is
 the median of ``--repeats`` (>= 5 by default) runs taken in the same process, alternating lightjax and torch.
 
@@ -478,6 +478,26 @@ def _run_memory(name: str, side: str, args) -> Optional[float]:
         return None
 
 
+def _run_row(name: str, args) -> Dict[str, Any]:
+    """Benchmarks one model in a fresh process: compiled executables, torch modules and allocator caches of
+    earlier models do not pile up (with mimalloc's purge delay -1 nothing is returned to the OS, and the full
+    table in one process was OOM-killed at 24 GiB on xception65), and a crash costs one row, not the table."""
+    cmd = [sys.executable, "-m", "lightjax.bench", "--_row", name, "--batch", str(args.batch), "--repeats",
+           str(args.repeats)]
+    for flag, on in (("--device", args.device), ("--no-torch", args.no_torch), ("--quick", args.quick)):
+        if on:
+            cmd.append(flag)
+    if args.size:
+        cmd += ["--size", str(args.size)]
+    env = dict(os.environ, **{_CHILD_ENV: "1"})
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    lines = [l for l in out.stdout.strip().splitlines() if l.startswith("{")]
+    if out.returncode != 0 or not lines:
+        why = f"exit {out.returncode}" + (" (killed: out of memory?)" if out.returncode in (-9, 137) else "")
+        return {"model": name, "error": f"{why}: {out.stderr.strip()[-300:]}"}
+    return json.loads(lines[-1])
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Report.
 # ----------------------------------------------------------------------------------------------------------
@@ -575,6 +595,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--no-xla-flags", action="store_true", help="do not add the memory-optimised XLA scheduler")
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
     p.add_argument("--_memory", nargs=2, metavar=("MODEL", "SIDE"), help=argparse.SUPPRESS)
+    p.add_argument("--_row", metavar="MODEL", help=argparse.SUPPRESS)
+    p.add_argument("--in-process", action="store_true", help="time every model in this process (default: one "
+                   "fresh process per model)")
     args = p.parse_args(argv)
 
     if argv is None:
@@ -597,6 +620,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args._memory:
         print(json.dumps(memory_child(args._memory[0], args._memory[1], args.batch, args.size, args.device)))
         return 0
+    if args._row:
+        print(json.dumps(bench_model(args._row, args.batch, args.size, args.repeats, args.device,
+                                     not args.no_torch, args.quick)))
+        return 0
 
     if args.quick:
         args.models = args.models or ["squeezenet1_1"]
@@ -611,7 +638,11 @@ def main(argv: Optional[List[str]] = None) -> int:
             rows.append({"model": name, "error": "not registered"})
             continue
         try:
-            row = bench_model(name, args.batch, args.size, args.repeats, args.device, not args.no_torch, args.quick)
+            if args.in_process or len(names) == 1:
+                row = bench_model(name, args.batch, args.size, args.repeats, args.device, not args.no_torch,
+                                  args.quick)
+            else:
+                row = _run_row(name, args)
         except Exception as e:  # noqa: BLE001 -- one broken model must not hide the others
             row = {"model": name, "error": f"{type(e).__name__}: {e}"[:300]}
         if args.memory and "error" not in row:
@@ -622,6 +653,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                 fmt = row.get("torch_train_fmt", "cl")
                 row["mem_torch"] = _run_memory(name, f"torch_{fmt}", args)
         rows.append(row)
+        if args.json:  # after every row: a later crash keeps what was measured
+            with open(args.json, "w") as f:
+                json.dump({"header": header(args), "rows": rows}, f, indent=1)
         print(f"[{name}] " + json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}),
               file=sys.stderr, flush=True)
     print()

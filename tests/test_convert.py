@@ -33,7 +33,7 @@ def sd(tv_model):
 
 def _logits(variables, x_nchw, **kw):
     model = lm.create_model(NAME, **kw)
-    return np.asarray(model.apply(variables, jnp.asarray(x_nchw.transpose(0, 2, 3, 1))))
+    return np.asarray(jax.jit(model.apply)(variables, jnp.asarray(x_nchw.transpose(0, 2, 3, 1))))
 
 
 def _torch_logits(torch, m, x):
@@ -48,7 +48,7 @@ def test_pth_file_and_load_model(tmp_path, torch, tv_model, sd):
     ref = _torch_logits(torch, tv_model, x)
     np.testing.assert_allclose(_logits(convert.from_torch(NAME, str(path)), x), ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
     model, variables = lm.load_model(NAME, str(path))
-    out = np.asarray(model.apply(variables, jnp.asarray(x.transpose(0, 2, 3, 1))))
+    out = np.asarray(jax.jit(model.apply)(variables, jnp.asarray(x.transpose(0, 2, 3, 1))))
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
 
 
@@ -208,5 +208,5 @@ def test_layout_detected_from_keys_mobilenet_v2(torch, torchvision, timm):
         tm.eval()
         v, report = convert.from_torch("mobilenet_v2_100", tm.state_dict(), return_report=True)
         ref = _torch_logits(torch, tm, x)
-        out = np.asarray(lm.create_model("mobilenet_v2_100").apply(v, jnp.asarray(x.transpose(0, 2, 3, 1))))
+        out = np.asarray(jax.jit(lm.create_model("mobilenet_v2_100").apply)(v, jnp.asarray(x.transpose(0, 2, 3, 1))))
         np.testing.assert_allclose(out, ref, atol=1e-4 * np.abs(ref).max(), err_msg=report.layout)

@@ -88,6 +88,8 @@ CASES = {
     "stem_1ch": ((2, 8, 8, 1), (3, 3, 1, 4), 1, 1, 2, 1),
     # dense kxk with many channels (lax.conv), grouped kxk (lax.conv)
     "dense3": ((2, 9, 11, 8), (3, 3, 8, 8), 1, 1, 1, 1),
+    "dense3_s2_dil": ((2, 13, 10, 6), (3, 3, 6, 5), 2, 2, 2, 1),
+    "dense5_nopad": ((2, 11, 9, 8), (5, 5, 8, 4), 1, 0, 1, 1),
     "grouped3": ((2, 9, 11, 8), (3, 3, 2, 8), 2, 1, 1, 4),
 }
 
@@ -106,7 +108,7 @@ def test_cpu_formulation_matches_xla_float32(case):
     assert rel(dk1, dk0) < 1e-5, case
 
 
-@pytest.mark.parametrize("case", ["dw_s2_odd", "dw_dil2", "gpw_g3", "pw_s2", "stem3_s2"])
+@pytest.mark.parametrize("case", ["dw_s2_odd", "dw_dil2", "gpw_g3", "pw_s2", "stem3_s2", "dense3", "dense3_s2_dil"])
 def test_cpu_formulation_float64_exact(case):
     shape, kshape, stride, padding, dilation, groups = CASES[case]
     with jax.enable_x64(True):
@@ -120,7 +122,7 @@ def test_cpu_formulation_float64_exact(case):
             assert rel(a, b) < 1e-12, case
 
 
-@pytest.mark.parametrize("case", ["dw_s2_odd", "pw", "gpw_g3", "stem3_s2", "dw_dil2"])
+@pytest.mark.parametrize("case", ["dw_s2_odd", "pw", "gpw_g3", "stem3_s2", "dw_dil2", "dense3"])
 def test_cpu_formulation_bfloat16(case):
     shape, kshape, stride, padding, dilation, groups = CASES[case]
     x = jax.random.normal(jax.random.key(0), shape, jnp.float32)
@@ -222,7 +224,7 @@ def test_whole_model_gradients_float64(name, size):
     with jax.enable_x64(True):
         model = lm.create_model(name, drop_rate=0.0, num_classes=10)
         x = jax.random.normal(jax.random.key(0), (2, size, size, 3), jnp.float64)
-        variables = model.init(jax.random.key(1), x, train=False)
+        variables = jax.jit(lambda k, x: model.init(k, x, train=False))(jax.random.key(1, impl="rbg"), x)
         variables = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), variables)
         v0, g0, u0 = _model_grads(name, "xla", x, variables, num_classes=10)
         v1, g1, u1 = _model_grads(name, "cpu", x, variables, num_classes=10)

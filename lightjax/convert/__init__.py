@@ -200,12 +200,17 @@ def from_torch(
         log.warning("%s: checkpoint classifier %s not used (model has no head)", model_name, sorted(dropped_heads))
     elif head_problems or unexpected_head:
         # strict=False: the classifier is re-initialised the way the model initialises it.
-        init_vars = jax.jit(lambda k: model.init(k, jnp.zeros((1, 64, 64, getattr(model, "in_chans", 3))), train=False))(
-            rng if rng is not None else jax.random.key(0))
-        for leaf in leaves:
-            if leaf.head:
-                fresh = np.asarray(_lookup(init_vars[leaf.collection], leaf.flax_path))
-                _set(out[leaf.collection], leaf.flax_path, fresh)
+        head_leaves = [leaf for leaf in leaves if leaf.head]
+
+        def fresh_head(k):
+            # Only the head leaves leave the function, so XLA drops the body's initialisers and the forward
+            # pass that model.init runs: a compile of seconds instead of a whole model's.
+            init_vars = model.init(k, jnp.zeros((1, 64, 64, getattr(model, "in_chans", 3))), train=False)
+            return [_lookup(init_vars[leaf.collection], leaf.flax_path) for leaf in head_leaves]
+
+        fresh = jax.jit(fresh_head)(rng if rng is not None else jax.random.key(0))
+        for leaf, value in zip(head_leaves, fresh):
+            _set(out[leaf.collection], leaf.flax_path, np.asarray(value))
         report.head_reinitialised = sorted(head_keys)
         log.warning("%s: classifier %s re-initialised (%s)", model_name, sorted(head_keys), "; ".join(head_problems))
     variables = jax.tree_util.tree_map(jnp.asarray, out)
