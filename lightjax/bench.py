@@ -9,9 +9,10 @@ python -m lightjax.bench --device              # the same on the accelerator (ja
 
 For each model it prints one table row: inference img/s and training-step img/s (SGD momentum 0.9,
 cross-entropy, train-mode BatchNorm) for lightjax and for PyTorch eager (the better of NCHW and channels_last),
-their ratio (each model in a fresh process unless ``--in-process``), the first-call compile time of lightjax (AOT lower + compile of the train step, and of the
+their ratio, the first-call compile time of lightjax (AOT lower + compile of the train step, and of the
 forward), and the peak RSS of a train step for each side (``--memory``, separate processes). Every timing is
-the median of ``--repeats`` (>= 5 by default) runs taken in the same process, alternating lightjax and torch.
+the median of ``--repeats`` (>= 5 by default) runs taken in the same process, alternating lightjax and torch;
+each model runs in a fresh process unless ``--in-process``.
 
 Process settings (this process only; the library itself never changes XLA flags):
 
@@ -478,6 +479,11 @@ def _run_memory(name: str, side: str, args) -> Optional[float]:
         return None
 
 
+def _bench_here(name: str, args) -> Dict[str, Any]:
+    """One model's row, timed in this process."""
+    return bench_model(name, args.batch, args.size, args.repeats, args.device, not args.no_torch, args.quick)
+
+
 def _run_row(name: str, args) -> Dict[str, Any]:
     """Benchmarks one model in a fresh process: compiled executables, torch modules and allocator caches of
     earlier models do not pile up (with mimalloc's purge delay -1 nothing is returned to the OS, and the full
@@ -621,8 +627,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(json.dumps(memory_child(args._memory[0], args._memory[1], args.batch, args.size, args.device)))
         return 0
     if args._row:
-        print(json.dumps(bench_model(args._row, args.batch, args.size, args.repeats, args.device,
-                                     not args.no_torch, args.quick)))
+        print(json.dumps(_bench_here(args._row, args)))
         return 0
 
     if args.quick:
@@ -638,11 +643,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             rows.append({"model": name, "error": "not registered"})
             continue
         try:
-            if args.in_process or len(names) == 1:
-                row = bench_model(name, args.batch, args.size, args.repeats, args.device, not args.no_torch,
-                                  args.quick)
-            else:
-                row = _run_row(name, args)
+            row = _bench_here(name, args) if args.in_process or len(names) == 1 else _run_row(name, args)
         except Exception as e:  # noqa: BLE001 -- one broken model must not hide the others
             row = {"model": name, "error": f"{type(e).__name__}: {e}"[:300]}
         if args.memory and "error" not in row:

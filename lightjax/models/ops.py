@@ -396,13 +396,11 @@ def _dense_conv_bwd(stride, pads, dilation, precision, res, dy):
     kh, kw, cin, cout = kernel.shape
     acc = _acc_dtype(dy.dtype)  # bfloat16 gradients accumulate in float32, like the forward
     cols, cols_transpose = jax.vjp(lambda t: _im2col(t, kh, kw, stride, pads, dilation)[0], x.astype(acc))
-    dy2 = dy.reshape(-1, cout).astype(acc)
-    k_dtype, kernel = kernel.dtype, kernel.astype(acc)
-    dw = lax.dot_general(cols, dy2, (((0,), (0,)), ((), ())), precision=precision)  # contract N*Ho*Wo
-    dcols = lax.dot_general(dy2, kernel.reshape(kh * kw * cin, cout), (((1,), (1,)), ((), ())),
-                            precision=precision)
-    (dx,) = cols_transpose(dcols.astype(cols.dtype))
-    return dx.astype(x.dtype), dw.reshape(kernel.shape).astype(k_dtype)
+    w2 = kernel.reshape(kh * kw * cin, cout).astype(acc)
+    # The columns times the kernel is a pointwise product: reuse its backward (dW contracts N*Ho*Wo directly).
+    dcols, dw = _pointwise_bwd(precision, (cols, w2), dy.reshape(-1, cout).astype(acc))
+    (dx,) = cols_transpose(dcols)
+    return dx.astype(x.dtype), dw.reshape(kernel.shape).astype(kernel.dtype)
 
 
 _dense_conv.defvjp(_dense_conv_fwd, _dense_conv_bwd)
