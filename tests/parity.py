@@ -33,6 +33,33 @@ def randomize_(module, seed: int = 0) -> None:
                 m.running_var.copy_(0.5 + torch.rand(n, generator=g))
 
 
+def random_variables(model, x, seed: int = 0) -> Dict:
+    """Variables with the shapes ``model.init`` would give, filled by numpy instead of the model's initialisers.
+
+    Compiling a model's init costs XLA:CPU 5-15 s per variant (one RNG kernel per parameter plus the forward);
+    tests that only need *some* well-scaled weights use this instead (``jax.eval_shape`` traces, nothing
+    compiles). Kernels are He-normal over ``prod(shape[:-1])`` (conv HWIO and Linear ``(in, out)`` alike),
+    BatchNorm affine and running statistics are random around their defaults, so BN bugs are not hidden.
+    """
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
+    rng = np.random.default_rng(seed)
+
+    def fill(path, leaf):
+        col, name = path[0].key, path[-1].key
+        shape, dtype = leaf.shape, leaf.dtype
+        if col == "batch_stats":
+            v = 0.2 * rng.standard_normal(shape) if name == "mean" else 0.5 + rng.random(shape)
+        elif name == "scale":
+            v = 1.0 + 0.2 * rng.standard_normal(shape)
+        elif name == "bias":
+            v = 0.1 * rng.standard_normal(shape)
+        else:
+            v = rng.standard_normal(shape) * np.sqrt(2.0 / max(int(np.prod(shape[:-1])), 1))
+        return jnp.asarray(v, dtype)
+
+    return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
 def disable_dropout_(module) -> None:
     import torch
 

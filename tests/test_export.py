@@ -13,6 +13,7 @@ import pytest
 
 import lightjax.models as lm
 from lightjax import export
+from parity import random_variables
 
 FAMILIES = ("squeezenet", "mobilenet_v1", "mobilenet_v2", "mobilenet_v3", "shufflenet_v1", "shufflenet_v2",
             "xception", "aligned_xception")
@@ -20,8 +21,8 @@ NAME = "squeezenet1_1"
 
 
 def _init(model, size, key=0):
-    """Variables from a jitted init: one compilation instead of one per primitive (eager)."""
-    return jax.jit(lambda k: model.init(k, jnp.zeros((1, size, size, 3)), train=False))(jax.random.key(key))
+    """Random variables of the model's shapes (numpy-filled: no initialiser compile)."""
+    return random_variables(model, jnp.zeros((1, size, size, 3)), seed=key)
 
 
 def _close(a, b):
@@ -154,12 +155,8 @@ def test_every_family_exports_with_symbolic_batch(family):
     model = lm.create_model(name, num_classes=10)
     x = jax.random.normal(jax.random.key(3), (3, size, size, 3))
 
-    @jax.jit
-    def init_and_reference(key, x):  # one compilation for both
-        variables = model.init(key, x[:1], train=False)
-        return variables, model.apply(variables, x, train=False)
-
-    variables, want = init_and_reference(jax.random.key(0), x)
+    variables = random_variables(model, x[:1])
+    want = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
     exp = export.export_model(name, variables, input_size=size, num_classes=10)
     assert str(exp.in_avals[0].shape) == f"(b, {size}, {size}, 3)"
     _close(exp.call(x), want)

@@ -9,6 +9,7 @@ from flax import nnx
 
 import lightjax.models as lm
 import lightjax.nnx as lnnx
+from parity import random_variables
 
 FAMILIES = ("squeezenet", "mobilenet_v1", "mobilenet_v2", "mobilenet_v3", "shufflenet_v1", "shufflenet_v2",
             "xception", "aligned_xception")
@@ -26,7 +27,7 @@ def _size(name):
 
 
 def _init(model, x):
-    return jax.jit(lambda k: model.init(k, x[:1], train=False))(jax.random.key(0))
+    return random_variables(model, x[:1])
 
 
 @pytest.mark.parametrize("family", FAMILIES)

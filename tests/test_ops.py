@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from lightjax.models import ops
+from parity import random_variables
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -198,6 +199,72 @@ def test_channel_shuffle(groups, impl):
         ops.channel_shuffle(x, 5)
 
 
+@pytest.mark.parametrize("impl", ["xla", "cpu"])
+@pytest.mark.parametrize("kshape,groups,shuffle", [
+    ((1, 1, 4, 12), 3, 4),   # ShuffleNet v1 (megvii order): grouped 1x1 reading shuffle(x, C // g)
+    ((1, 1, 12, 6), 1, 3),   # dense 1x1
+    ((3, 3, 4, 6), 3, 2),    # not a matrix product: the shuffle runs first
+])
+def test_shuffle_in_equals_shuffle_then_conv(impl, kshape, groups, shuffle):
+    """``conv2d(x, k, shuffle_in=s)`` == ``conv2d(channel_shuffle(x, s), k)`` in value and in both gradients,
+    whether the permutation is folded into the weight (CPU 1x1) or applied to the activation."""
+    x = jax.random.normal(jax.random.key(0), (2, 5, 6, 12))
+    k = jax.random.normal(jax.random.key(1), kshape)
+    kw = dict(groups=groups, padding=kshape[0] // 2)
+
+    def value_and_grads(fn, which):
+        ops.set_conv_impl(which)
+        y, vjp = jax.vjp(jax.jit(fn), x, k)
+        ct = jax.random.normal(jax.random.key(2), y.shape)
+        ops.set_conv_impl(None)
+        return y, vjp(ct)
+
+    want_y, want_g = value_and_grads(lambda x, k: ops.conv2d(ops.channel_shuffle(x, shuffle), k, **kw), "xla")
+    y, g = value_and_grads(lambda x, k: ops.conv2d(x, k, shuffle_in=shuffle, **kw), impl)
+    assert rel(y, want_y) < 1e-5
+    assert rel(g[0], want_g[0]) < 1e-5 and rel(g[1], want_g[1]) < 1e-5
+    # The shuffle matters for these shapes (the check could fail): without it the output differs.
+    plain, _ = value_and_grads(lambda x, k: ops.conv2d(x, k, **kw), impl)
+    assert rel(plain, want_y) > 1e-2
+
+
+POOLS = {  # (input NHWC, kernel, stride, padding, ceil_mode): every pooling the families use, plus edge cases
+    "squeezenet_ceil_odd": ((2, 13, 11, 5), 3, 2, 0, True),
+    "squeezenet_ceil_even": ((2, 12, 14, 5), 3, 2, 0, True),
+    "shufflenet_pad1": ((2, 9, 10, 5), 3, 2, 1, False),
+    "pad1_ceil": ((2, 8, 9, 5), 3, 2, 1, True),
+    "k2_s2": ((2, 7, 8, 5), 2, 2, 0, False),
+    "s1_pad1": ((2, 6, 5, 5), 3, 1, 1, False),
+}
+
+
+@pytest.mark.parametrize("impl", ["xla", "cpu"])
+@pytest.mark.parametrize("case", sorted(POOLS))
+def test_pools_match_torch(case, impl, torch):
+    """max/avg pooling equal torch.nn.functional's, forward and gradient. Inputs are ReLU'd integers, so
+    windows have tied maxima: the max-pool gradient must go to the first maximum in scan order, as in torch."""
+    shape, k, s, p, ceil = POOLS[case]
+    rng = np.random.default_rng(0)
+    x = np.maximum(rng.integers(-3, 4, shape), 0).astype(np.float32)
+    tx = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).requires_grad_(True)
+    for name, fn, tfn in [
+        ("max", lambda a: ops.max_pool2d(a, k, s, p, ceil), lambda a: torch.nn.functional.max_pool2d(a, k, s, p, ceil_mode=ceil)),
+        ("avg", lambda a: ops.avg_pool2d(a, k, s, p, ceil), lambda a: torch.nn.functional.avg_pool2d(a, k, s, p, ceil_mode=ceil)),
+    ]:
+        tx.grad = None
+        ty = tfn(tx)
+        ct = rng.standard_normal(tuple(ty.shape)).astype(np.float32)
+        ty.backward(torch.from_numpy(ct))
+        ops.set_conv_impl(impl)
+        y, vjp = jax.vjp(jax.jit(fn), jnp.asarray(x))
+        (dx,) = vjp(jnp.asarray(ct.transpose(0, 2, 3, 1)))
+        ops.set_conv_impl(None)
+        np.testing.assert_allclose(np.asarray(y), ty.detach().numpy().transpose(0, 2, 3, 1), rtol=1e-6, atol=1e-6,
+                                   err_msg=f"{name} forward")
+        np.testing.assert_allclose(np.asarray(dx), tx.grad.numpy().transpose(0, 2, 3, 1), rtol=1e-6, atol=1e-6,
+                                   err_msg=f"{name} gradient")
+
+
 def _model_grads(name, impl, x, variables, **kwargs):
     import lightjax.models as lm
 
@@ -224,8 +291,7 @@ def test_whole_model_gradients_float64(name, size):
     with jax.enable_x64(True):
         model = lm.create_model(name, drop_rate=0.0, num_classes=10)
         x = jax.random.normal(jax.random.key(0), (2, size, size, 3), jnp.float64)
-        variables = jax.jit(lambda k, x: model.init(k, x, train=False))(jax.random.key(1, impl="rbg"), x)
-        variables = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), variables)
+        variables = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), random_variables(model, x, seed=1))
         v0, g0, u0 = _model_grads(name, "xla", x, variables, num_classes=10)
         v1, g1, u1 = _model_grads(name, "cpu", x, variables, num_classes=10)
     assert rel(v1, v0) < 1e-6  # the models cast logits to float32

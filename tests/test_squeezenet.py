@@ -32,8 +32,7 @@ def test_param_count_torchvision(name, ref, torch, torchvision):
 def test_ceil_mode_sizes():
     # REFERENCE.md: at 224, v1.0 goes 109 -> 54 -> 27 -> 13 (floor mode would give 26 -> 12).
     feats = lm.create_model("squeezenet1_0", features_only=True)
-    v = feats.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3)))
-    outs = feats.apply(v, jnp.zeros((1, 224, 224, 3)))
+    outs, _ = jax.eval_shape(lambda x: feats.init_with_output(jax.random.key(0), x), jnp.zeros((1, 224, 224, 3)))
     assert [o.shape[1] for o in outs] == [109, 54, 27, 13]
 
 

@@ -166,6 +166,8 @@ class Conv2d(nn.Module):
     param_dtype: Dtype = jnp.float32
     kernel_init: Initializer = torch_default_init
     bias_init: Optional[Initializer] = None
+    #: > 0: read ``channel_shuffle(x, shuffle_in)`` (folded into the weight on CPU 1x1, see ``ops.conv2d``).
+    shuffle_in: int = 0
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -182,7 +184,8 @@ class Conv2d(nn.Module):
             bias = self.param("bias", bias_init, (self.features,), self.param_dtype)
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
         y = ops.conv2d(
-            x, kernel, stride=self.stride, padding=self.padding, dilation=self.dilation, groups=self.groups
+            x, kernel, stride=self.stride, padding=self.padding, dilation=self.dilation, groups=self.groups,
+            shuffle_in=self.shuffle_in,
         )
         if bias is not None:
             y = y + bias

@@ -167,9 +167,10 @@ class ShuffleV1Block(nn.Module):
         y = nn.relu(bn(name="branch_main_1_1")(y, use_running_average=ura))
         y = conv(u.mid, 3, u.stride, 1, groups=u.mid, name="branch_main_1_3")(y)
         y = bn(name="branch_main_1_4")(y, use_running_average=ura)  # no ReLU after the depthwise conv
-        if g > 1:  # megvii shuffles whenever g > 1, also in the unit whose first conv is ungrouped
-            y = ops.channel_shuffle(y, u.mid // g if self.shuffle_order == "megvii" else g)
-        y = conv(outputs, 1, groups=g, name="branch_main_2_0")(y)
+        # megvii shuffles whenever g > 1, also in the unit whose first conv is ungrouped; the shuffle is handed to
+        # the next 1x1 conv, which folds it into its weight where it is computed as a matrix product.
+        shuffle = (u.mid // g if self.shuffle_order == "megvii" else g) if g > 1 else 0
+        y = conv(outputs, 1, groups=g, shuffle_in=shuffle, name="branch_main_2_0")(y)
         y = bn(name="branch_main_2_1")(y, use_running_average=ura)
         if u.stride == 1:
             return nn.relu(y + x)
