@@ -147,13 +147,14 @@ def conv2d(
     for size, (lo, hi), k, d in zip(x.shape[1:3], pads, kernel.shape[:2], dilation):
         if size + lo + hi < d * (k - 1) + 1:
             raise ValueError(f"conv2d: input {x.shape} padded by {pads} is smaller than the kernel {kernel.shape}")
+    impl = conv_impl()
     in_perm = None
     if shuffle_in:
-        if conv_impl() == "cpu" and _conv_cpu_is_matmul(kernel.shape, groups, cin):
+        if impl == "cpu" and _conv_cpu_is_matmul(kernel.shape, groups, cin):
             in_perm = shuffle_permutation(cin, shuffle_in)
         else:
             x = channel_shuffle(x, shuffle_in)
-    if conv_impl() == "cpu":
+    if impl == "cpu":
         return _conv_cpu(x, kernel, stride, pads, dilation, groups, precision, in_perm)
     return _conv_xla(x, kernel, stride, pads, dilation, groups, precision)
 
@@ -510,16 +511,13 @@ def _pool_plan(x_shape, kernel_size, stride, padding, ceil_mode):
 
 def _pool_taps(xp, k, s, out_hw):
     """The ``kh*kw`` strided windows of the padded input, in PyTorch's scan order (row-major in the window)."""
-    n, _, _, c = xp.shape
-    ho, wo = out_hw
     for i in range(k[0]):
         for j in range(k[1]):
-            yield (i, j), lax.slice(xp, (0, i, j, 0), (n, i + (ho - 1) * s[0] + 1, j + (wo - 1) * s[1] + 1, c),
-                                    (1, s[0], s[1], 1))
+            yield (i, j), _window(xp, i, j, *out_hw, s)
 
 
 def _pool_out_hw(x_shape, k, s, pads):
-    return tuple((size + lo + hi - kk) // ss + 1 for size, (lo, hi), kk, ss in zip(x_shape[1:3], pads, k, s))
+    return tuple(_out_size(size, kk, ss, pad, 1) for size, pad, kk, ss in zip(x_shape[1:3], pads, k, s))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
