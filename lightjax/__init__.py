@@ -1,3 +1,12 @@
 """lightjax: lightweight CNNs in JAX/Flax with exact PyTorch checkpoint ports."""
 
+from typing import Dict, Optional
+
 __version__ = "0.1.0"
+
+
+def compiler_options(backend: Optional[str] = None) -> Dict[str, str]:
+    """XLA compile options recommended for lightjax models; see :func:`lightjax.models.ops.compiler_options`."""
+    from lightjax.models.ops import compiler_options as _options
+
+    return _options(backend)

@@ -297,6 +297,7 @@ class JaxSide:
         import numpy as np
         import optax
 
+        import lightjax
         import lightjax.models as lm
 
         self.jax = jax
@@ -326,8 +327,9 @@ class JaxSide:
             updates, opt_state = tx.update(grads, opt_state, params)
             return optax.apply_updates(params, updates), new_stats, opt_state, loss
 
-        self._forward = jax.jit(forward)
-        self._train = jax.jit(train_step, donate_argnums=(0, 1, 2))
+        options = lightjax.compiler_options()  # what train/ uses too; printed in the header
+        self._forward = jax.jit(forward, compiler_options=options)
+        self._train = jax.jit(train_step, donate_argnums=(0, 1, 2), compiler_options=options)
         self.key = jax.random.key(1)
 
     def compile(self) -> Tuple[float, float]:
@@ -546,6 +548,9 @@ def header(args) -> str:
         lines.append("torch: not installed (lightjax columns only)")
     lines.append(f"allocator: {current_allocator()} (both frameworks)")
     lines.append(f"XLA_FLAGS: {os.environ.get('XLA_FLAGS', '') or '(none)'}")
+    import lightjax
+
+    lines.append(f"lightjax jit compiler_options (lightjax.compiler_options()): {lightjax.compiler_options() or '(none)'}")
     lines.append(f"batch {args.batch}, float32, median of {args.repeats} alternating runs; torch = best of NCHW and "
                  f"channels_last eager; ratio = lightjax / torch")
     return "\n".join(lines)

@@ -82,8 +82,11 @@ CASES = {
     "gpw_g8": ((2, 5, 7, 16), (1, 1, 2, 24), 1, 0, 1, 8),
     "gpw_g16_xla": ((2, 5, 7, 32), (1, 1, 2, 32), 1, 0, 1, 16),
     "dw_1x1_s2": ((2, 7, 6, 8), (1, 1, 1, 8), 2, 0, 1, 8),
-    # dense stems (im2col) 3x3 s2 and 7x7 s2, odd sizes
+    # dense stems (broadcast multiply-add forward, im2col backward) 3x3 s2 and 7x7 s2, odd sizes, 4 channels
+    # with asymmetric (TF "SAME") padding on an even size, 2x2 stride 3 (window shorter than the stride)
     "stem3_s2": ((2, 9, 11, 3), (3, 3, 3, 8), 2, 1, 1, 1),
+    "stem4_s2_asym": ((2, 10, 12, 4), (3, 3, 4, 6), 2, ((0, 1), (0, 1)), 1, 1),
+    "stem2x2_s3": ((2, 10, 11, 3), (2, 2, 3, 5), 3, 0, 1, 1),
     "stem3_s2_nopad": ((2, 9, 11, 3), (3, 3, 3, 8), 2, 0, 1, 1),
     "stem7_s2": ((2, 13, 11, 3), (7, 7, 3, 8), 2, 3, 1, 1),
     "stem_1ch": ((2, 8, 8, 1), (3, 3, 1, 4), 1, 1, 2, 1),
@@ -366,3 +369,24 @@ def test_parameters_identical_whichever_path():
         trees.append(jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False)))
     assert jax.tree_util.tree_structure(trees[0]) == jax.tree_util.tree_structure(trees[1])
     assert jax.tree_util.tree_leaves(trees[0]) == jax.tree_util.tree_leaves(trees[1])
+
+
+def test_compiler_options(monkeypatch):
+    """lightjax.compiler_options(): {} off CPU or when XLA_FLAGS already decides; on CPU, dense convolutions
+    leave YNNPACK (fewer YNN fusions in the compiled program) and the values do not change."""
+    import lightjax
+
+    assert lightjax.compiler_options("gpu") == {} and lightjax.compiler_options("tpu") == {}
+    opts = lightjax.compiler_options("cpu")
+    assert set(opts) == {"xla_cpu_experimental_ynn_fusion_type"}, opts
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=")
+    assert lightjax.compiler_options("cpu") == {}
+    monkeypatch.delenv("XLA_FLAGS")
+
+    x = jax.random.normal(jax.random.key(0), (2, 12, 12, 32))
+    k = jax.random.normal(jax.random.key(1), (3, 3, 32, 48))
+    f = lambda x, k: ops.conv2d(x, k, padding=1)  # noqa: E731
+    plain = jax.jit(f).lower(x, k).compile()
+    tuned = jax.jit(f, compiler_options=opts).lower(x, k).compile()
+    assert plain.as_text().count("__ynn_fusion") > tuned.as_text().count("__ynn_fusion")
+    np.testing.assert_allclose(np.asarray(tuned(x, k)), np.asarray(plain(x, k)), rtol=1e-4, atol=1e-4)

@@ -27,6 +27,7 @@ import optax
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+import lightjax
 import lightjax.models as lm
 from train import checks, data, metrics_io, optim
 
@@ -352,11 +353,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                  config.model.name, n_train, total_steps, steps_per_epoch, config.batch_size, len(devices),
                  jax.process_count(), f"; resumed at step {start}" if start else "")
 
+    xla_options = lightjax.compiler_options()  # {} off CPU; on CPU dense convolutions on XLA's Eigen kernels
     p_train = jax.jit(functools.partial(train_step, model=model, tx=tx, schedule=schedule, config=config),
                       in_shardings=(replicated, batch_sharding), out_shardings=(replicated, replicated),
-                      donate_argnums=0)
+                      donate_argnums=0, compiler_options=xla_options)
     p_eval = jax.jit(functools.partial(eval_step, model=model, config=config),
-                     in_shardings=(replicated, replicated, batch_sharding), out_shardings=replicated)
+                     in_shardings=(replicated, replicated, batch_sharding), out_shardings=replicated,
+                     compiler_options=xla_options)
 
     writer = metrics_io.MetricWriter(workdir, enabled=is_main, resume_step=start)
     bar = metrics_io.Progress(total_steps, start, enabled=is_main and config.progress_bar)

@@ -22,12 +22,13 @@ Formulations (picked per backend by :func:`conv_impl`):
       taps (one pass over x and dy, 3x faster than a reduction per tap) then a small sum;
     * grouped 1x1 (ShuffleNet, groups <= 8): one dense matrix product with a block-diagonal weight built from
       the grouped kernel (cheaper on CPU than a batched product for the small group counts these models use);
-    * dense k x k with few input channels (stems): im2col of the ``kh*kw`` shifted slices + one matrix
-      product; wider dense convolutions run ``lax.conv`` forward with an im2col + dot backward (custom VJP);
-      grouped k x k stays on ``lax.conv``;
+    * dense k x k: forward as ``kh*kw*C_in`` broadcast multiply-adds in one fused loop when the input has few
+      channels (RGB stems), else ``lax.conv``; backward as im2col of the ``kh*kw`` shifted slices + two
+      matrix products (custom VJP); grouped k x k stays on ``lax.conv``;
     * channel shuffle: a gather with a constant permutation, the inverse gather as its VJP; a shuffle that feeds
       a 1x1 convolution (``conv2d(..., shuffle_in=g)``) is folded into the weight's rows instead;
-    * max / average pooling: the ``kh*kw`` strided slices combined in one fused loop (5x faster than
+    * max / average pooling: the ``kh*kw`` windows (unit-stride slices of the stride phases, like the
+      depthwise taps) combined in one fused loop (5x faster than
       ``reduce_window`` here), max-pool gradient to the first maximum of each window (PyTorch's rule).
 
     Everything is plain ``jnp``/``lax`` (plus ``jax.custom_vjp``), so ``jit``, ``grad`` and SPMD sharding
@@ -42,7 +43,7 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Optional, Sequence, Tuple, Union
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import jax
 import jax.numpy as jnp
@@ -53,8 +54,9 @@ Padding = Union[int, Tuple[int, int], Sequence[Tuple[int, int]]]
 
 _CONV_IMPL_OVERRIDE: Optional[str] = None
 _KNOWN_IMPLS = ("xla", "cpu")
-#: Dense (groups == 1) k x k convolutions with at most this many input channels use im2col + dot on CPU.
-IM2COL_MAX_CIN = 4
+#: Dense (groups == 1) k x k convolutions with at most this many input channels (RGB stems) run their forward
+#: as broadcast multiply-adds on CPU.
+FEW_CHANNELS_MAX_CIN = 4
 #: Grouped 1x1 convolutions with at most this many groups run as one dense dot with a block-diagonal weight.
 MAX_BLOCK_DIAGONAL_GROUPS = 8
 
@@ -79,6 +81,49 @@ def conv_impl() -> str:
             raise ValueError(f"LIGHTJAX_CONV_IMPL={impl!r} is not one of {_KNOWN_IMPLS}")
         return impl
     return "cpu" if jax.default_backend() == "cpu" else "xla"
+
+
+#: XLA:CPU compile options for lightjax models (see :func:`compiler_options`): the default YNNPACK library
+#: fusions (dots, reductions) WITHOUT its individual convolutions, so dense k x k convolutions run on XLA's
+#: Eigen kernels (SqueezeNet's 3x3 expand layers 2-3x faster forward; their backward 2-4x faster).
+_CPU_COMPILER_OPTIONS = {
+    "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE",
+}
+
+
+@functools.lru_cache(maxsize=None)
+def _options_accepted(backend: str, items: Tuple[Tuple[str, str], ...]) -> bool:
+    # A jaxlib that renamed the option or its values rejects it at compile time: check once, on a tiny program.
+    try:
+        jax.jit(lambda v: v + 1, backend=backend).lower(jnp.zeros((1,), jnp.float32)).compile(
+            compiler_options=dict(items))
+        return True
+    except Exception:  # noqa: BLE001 -- any rejection means "do not use these options"
+        return False
+
+
+def compiler_options(backend: Optional[str] = None) -> Dict[str, str]:
+    """XLA compile options that lightjax recommends for its models on ``backend`` (default: JAX's default).
+
+    Pass them to ``jax.jit(..., compiler_options=lightjax.compiler_options())`` (``train/`` and
+    ``lightjax.bench`` do). On XLA:CPU they keep XLA's YNNPACK fusions for matrix products and reductions but
+    send dense k x k convolutions to XLA's Eigen kernels, which ran them 1.3-3x faster here (forward and
+    backward); that matters for SqueezeNet (eight 3x3 expand convolutions) and for Xception's second stem
+    convolution. Returns ``{}`` on other backends, when ``XLA_FLAGS`` already sets
+    ``xla_cpu_experimental_ynn_fusion_type`` (the user's choice wins), or when the installed jaxlib rejects
+    the option. Results are identical to float32 rounding either way.
+
+    Args:
+      backend: ``"cpu"``, ``"gpu"``, ``"tpu"`` or ``None`` for ``jax.default_backend()``.
+
+    Returns:
+      A dict for ``jax.jit(compiler_options=...)`` / ``Lowered.compile(compiler_options=...)``.
+    """
+    backend = backend or jax.default_backend()
+    if backend != "cpu" or "xla_cpu_experimental_ynn_fusion_type" in os.environ.get("XLA_FLAGS", ""):
+        return {}
+    items = tuple(sorted(_CPU_COMPILER_OPTIONS.items()))
+    return dict(items) if _options_accepted(backend, items) else {}
 
 
 def to_pairs(value: Union[int, Sequence[int]], n: int = 2) -> Tuple[int, ...]:
@@ -220,11 +265,12 @@ def _conv_cpu(x, kernel, stride, pads, dilation, groups, precision, in_perm=None
             w2 = jnp.take(w2, np.argsort(in_perm), axis=0)
         y = _pointwise(x2, w2, precision)
         return y.reshape(n, h, w, cout).astype(out_dtype)
-    if groups == 1 and cin <= IM2COL_MAX_CIN:
-        return _im2col_conv(x.astype(acc), kernel.astype(acc), stride, pads, dilation, precision).astype(out_dtype)
     if groups == 1:
-        x, kernel = x.astype(out_dtype), kernel.astype(out_dtype)
-        return _dense_conv(x, kernel, tuple(stride), tuple(tuple(p) for p in pads), tuple(dilation), precision)
+        few = cin <= FEW_CHANNELS_MAX_CIN  # the multiply-add forward accumulates in float32 like im2col did
+        dt = acc if few else out_dtype
+        y = _dense_conv(x.astype(dt), kernel.astype(dt), tuple(stride), tuple(tuple(p) for p in pads),
+                        tuple(dilation), precision)
+        return y.astype(out_dtype)
     return _conv_xla(x, kernel, stride, pads, dilation, groups, precision)
 
 
@@ -275,32 +321,60 @@ def _window(xp, hs, ws, ho, wo, stride):
     )
 
 
-def _depthwise_fwd_math(x, k, stride, pads, dilation):
-    kh, kw, _ = k.shape
+def _tap_windows(x, kh, kw, stride, pads, dilation, pad_value=0):
+    """The ``kh*kw`` shifted (strided) windows of ``x`` that a k x k convolution or pooling reads, by tap.
+
+    Returns ``(windows, hstarts, wstarts)``; ``windows(hs, ws)`` is the (N, Ho, Wo, C) slice for the tap whose
+    window starts at ``(hs, ws)`` in the input padded with ``pad_value``.
+    """
     ho, hstarts = _taps(x.shape[1], kh, stride[0], pads[0], dilation[0])
     wo, wstarts = _taps(x.shape[2], kw, stride[1], pads[1], dilation[1])
     sh, sw = stride
     if sh == 1 and sw == 1:
-        xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
-        windows = lambda hs, ws: _window(xp, hs, ws, ho, wo, stride)  # noqa: E731
-    else:
-        # Polyphase: pad to a multiple of the stride and view as (N, H/sh, sh, W/sw, sw, C); every tap is then
-        # a unit-stride slice of one phase (strided slices in the fusion ran ~3x slower on XLA:CPU).
-        n, h, w, c = x.shape
-        hq = max(-(-(h + pads[0][0] + pads[0][1]) // sh), hstarts[-1] // sh + ho)
-        wq = max(-(-(w + pads[1][0] + pads[1][1]) // sw), wstarts[-1] // sw + wo)
-        xp = jnp.pad(x, ((0, 0), (pads[0][0], hq * sh - h - pads[0][0]), (pads[1][0], wq * sw - w - pads[1][0]), (0, 0)))
-        xr = xp.reshape(n, hq, sh, wq, sw, c)
+        xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)), constant_values=pad_value)
+        return (lambda hs, ws: _window(xp, hs, ws, ho, wo, stride)), hstarts, wstarts
+    # Polyphase: pad to a multiple of the stride and view as (N, H/sh, sh, W/sw, sw, C); every tap is then
+    # a unit-stride slice of one phase (strided slices in the fusion ran ~3x slower on XLA:CPU).
+    n, h, w, c = x.shape
+    hq = max(-(-(h + pads[0][0] + pads[0][1]) // sh), hstarts[-1] // sh + ho)
+    wq = max(-(-(w + pads[1][0] + pads[1][1]) // sw), wstarts[-1] // sw + wo)
+    xp = jnp.pad(x, ((0, 0), (pads[0][0], hq * sh - h - pads[0][0]), (pads[1][0], wq * sw - w - pads[1][0]), (0, 0)),
+                 constant_values=pad_value)
+    xr = xp.reshape(n, hq, sh, wq, sw, c)
 
-        def windows(hs, ws):
-            a, b = hs // sh, ws // sw
-            return lax.slice(xr, (0, a, hs % sh, b, ws % sw, 0), (n, a + ho, hs % sh + 1, b + wo, ws % sw + 1, c)
-                             ).reshape(n, ho, wo, c)
+    def windows(hs, ws):
+        a, b = hs // sh, ws // sw
+        return lax.slice(xr, (0, a, hs % sh, b, ws % sw, 0), (n, a + ho, hs % sh + 1, b + wo, ws % sw + 1, c)
+                         ).reshape(n, ho, wo, c)
+
+    return windows, hstarts, wstarts
+
+
+def _depthwise_fwd_math(x, k, stride, pads, dilation):
+    kh, kw, _ = k.shape
+    windows, hstarts, wstarts = _tap_windows(x, kh, kw, stride, pads, dilation)
     y = None
     for i, hs in enumerate(hstarts):
         for j, ws in enumerate(wstarts):
             t = windows(hs, ws) * k[i, j]
             y = t if y is None else y + t
+    return y
+
+
+def _few_channel_conv_math(x, kernel, stride, pads, dilation):
+    """Dense k x k convolution of an input with few channels (an RGB stem) as ``kh*kw*C_in`` broadcast
+    multiply-adds in one fused loop: each term is one input channel of one shifted window times a row of the
+    kernel. 1.5-2.5x faster here than im2col + dot (whose (N*Ho*Wo, kh*kw*3) matrix is mostly memory traffic)
+    and than XLA's convolution for 3 -> 16..32 channels."""
+    kh, kw, cin, _ = kernel.shape
+    windows, hstarts, wstarts = _tap_windows(x, kh, kw, stride, pads, dilation)
+    y = None
+    for i, hs in enumerate(hstarts):
+        for j, ws in enumerate(wstarts):
+            win = windows(hs, ws)
+            for c in range(cin):
+                t = win[..., c:c + 1] * kernel[i, j, c]
+                y = t if y is None else y + t
     return y
 
 
@@ -401,19 +475,15 @@ def _im2col(x, kh, kw, stride, pads, dilation):
     return cols.reshape(x.shape[0] * ho * wo, kh * kw * x.shape[-1]), (ho, wo)
 
 
-def _im2col_conv(x, kernel, stride, pads, dilation, precision):
-    """Dense k x k convolution as the concatenation of its ``kh*kw`` shifted windows times one matrix."""
-    kh, kw, cin, cout = kernel.shape
-    cols, (ho, wo) = _im2col(x, kh, kw, stride, pads, dilation)
-    y = _pointwise(cols, kernel.reshape(kh * kw * cin, cout), precision)
-    return y.reshape(x.shape[0], ho, wo, cout)
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
 def _dense_conv(x, kernel, stride, pads, dilation, precision):
-    """Dense k x k convolution: XLA's forward (as fast as im2col + dot here, without the k*k-times larger
-    matrix), gradients through im2col + two dots (1.5x faster training on SqueezeNet 1.1 than XLA's
-    convolution backward). Only ``x`` is saved; the columns are rebuilt in the backward pass."""
+    """Dense k x k convolution. Forward: broadcast multiply-adds when the input has few channels (stems,
+    :func:`_few_channel_conv_math`), else XLA's convolution (as fast as im2col + dot here, without the
+    k*k-times larger matrix). Gradients through im2col + two dots (1.5x faster training on SqueezeNet 1.1 than
+    XLA's convolution backward with its default YNNPACK kernels). Only ``x`` is saved; the columns are rebuilt
+    in the backward pass."""
+    if x.shape[-1] <= FEW_CHANNELS_MAX_CIN:
+        return _few_channel_conv_math(x, kernel, stride, pads, dilation)
     return _conv_xla(x, kernel, stride, pads, dilation, 1, precision)
 
 
@@ -520,13 +590,23 @@ def _pool_out_hw(x_shape, k, s, pads):
     return tuple(_out_size(size, kk, ss, pad, 1) for size, pad, kk, ss in zip(x_shape[1:3], pads, k, s))
 
 
+def _pool_window_sum_or_max(x, k, s, pads, combine, pad_value):
+    """Combines the ``kh*kw`` windows of a pooling, read like a convolution's taps (:func:`_tap_windows`:
+    unit-stride slices of the stride phases). Padding to a multiple of the stride also keeps XLA from fusing
+    the producer into the window loop, which recomputed it for every overlapping tap (SqueezeNet's stem,
+    computed as multiply-adds, inside its 3x3/2 pool: 73 ms instead of 29 + 8)."""
+    windows, hstarts, wstarts = _tap_windows(x, k[0], k[1], s, pads, (1, 1), pad_value=pad_value)
+    out = None
+    for hs in hstarts:
+        for ws in wstarts:
+            t = windows(hs, ws)
+            out = t if out is None else combine(out, t)
+    return out
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
 def _max_pool_taps(x, k, s, pads):
-    xp = jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=-jnp.inf)
-    out = None
-    for _, t in _pool_taps(xp, k, s, _pool_out_hw(x.shape, k, s, pads)):
-        out = t if out is None else jnp.maximum(out, t)
-    return out
+    return _pool_window_sum_or_max(x, k, s, pads, jnp.maximum, -jnp.inf)
 
 
 def _max_pool_taps_fwd(x, k, s, pads):
@@ -569,7 +649,7 @@ def max_pool2d(
 ) -> jax.Array:
     """``torch.nn.MaxPool2d`` in NHWC (padding with -inf, torch's ceil-mode output size).
 
-    On CPU the window maximum is taken over the ``kh*kw`` strided slices in one fused loop (5x faster than
+    On CPU the window maximum is taken over the ``kh*kw`` windows in one fused loop (5x faster than
     XLA:CPU's ``reduce_window`` for SqueezeNet's 3x3/2 pool on 111x111x64), with a custom VJP that gives each
     window's gradient to its first maximum, like PyTorch; elsewhere ``lax.reduce_window``.
     """
@@ -590,17 +670,15 @@ def avg_pool2d(
 ) -> jax.Array:
     """``torch.nn.AvgPool2d`` in NHWC (torch defaults: ``count_include_pad=True``).
 
-    The window sum is a sum of strided slices on CPU (see :func:`max_pool2d`), ``lax.reduce_window`` elsewhere.
+    The window sum is a sum of the ``kh*kw`` windows on CPU (see :func:`max_pool2d`), ``lax.reduce_window``
+    elsewhere.
     """
     k, s, p, pads = _pool_plan(x.shape, kernel_size, stride, padding, ceil_mode)
     window = (1, *k, 1)
     strides = (1, *s, 1)
     full = ((0, 0), *pads, (0, 0))
     if conv_impl() == "cpu":
-        xp = jnp.pad(x, full)
-        summed = None
-        for _, t in _pool_taps(xp, k, s, _pool_out_hw(x.shape, k, s, pads)):
-            summed = t if summed is None else summed + t
+        summed = _pool_window_sum_or_max(x, k, s, pads, jnp.add, 0)
     else:
         summed = lax.reduce_window(x, np.array(0, x.dtype), lax.add, window, strides, full)
     if count_include_pad and not ceil_mode:
