@@ -34,18 +34,25 @@ def rel(a, b) -> float:
 
 
 def conv_and_grads(impl, x, k, **kw):
-    """Output and (dx, dk) of <conv(x, k), ct> under one formulation (one fresh jitted trace)."""
+    """Output and (dx, dk) of <conv(x, k), ct> under one formulation (one fresh jitted trace).
+
+    The output is checked to be the same whether or not the convolution is differentiated (a custom VJP's
+    forward rule may compute it differently from the primal, e.g. the RGB stems on CPU).
+    """
     ops.set_conv_impl(impl)
 
     @jax.jit
     def f(x, k):
         y, vjp = jax.vjp(lambda x, k: ops.conv2d(x, k, **kw), x, k)
         ct = jax.random.normal(jax.random.key(7), y.shape, jnp.float32).astype(y.dtype)
-        return y, vjp(ct)
+        return y, vjp(ct), ops.conv2d(x, k, **kw)
 
-    out = f(x, k)
+    y, grads, y_plain = f(x, k)
     ops.set_conv_impl(None)
-    return out
+    assert y_plain.shape == y.shape and y_plain.dtype == y.dtype
+    tol = 3e-2 if y.dtype == jnp.bfloat16 else 1e-12 if y.dtype == jnp.float64 else 1e-5
+    assert rel(y_plain.astype(jnp.float32 if y.dtype == jnp.bfloat16 else y.dtype), y) < tol, (impl, kw)
+    return y, grads
 
 
 # (input shape NHWC, kernel HWIO, stride, padding, dilation, groups): every layer kind the families use.

@@ -22,9 +22,10 @@ Formulations (picked per backend by :func:`conv_impl`):
       taps (one pass over x and dy, 3x faster than a reduction per tap) then a small sum;
     * grouped 1x1 (ShuffleNet, groups <= 8): one dense matrix product with a block-diagonal weight built from
       the grouped kernel (cheaper on CPU than a batched product for the small group counts these models use);
-    * dense k x k: forward as ``kh*kw*C_in`` broadcast multiply-adds in one fused loop when the input has few
-      channels (RGB stems), else ``lax.conv``; backward as im2col of the ``kh*kw`` shifted slices + two
-      matrix products (custom VJP); grouped k x k stays on ``lax.conv``;
+    * dense k x k: ``lax.conv`` forward, or for an input with few channels (RGB stems) ``kh*kw*C_in``
+      broadcast multiply-adds in one fused loop (inference) / im2col + one matrix product (under
+      differentiation); backward as im2col of the ``kh*kw`` shifted slices + two matrix products (custom
+      VJP); grouped k x k stays on ``lax.conv``;
     * channel shuffle: a gather with a constant permutation, the inverse gather as its VJP; a shuffle that feeds
       a 1x1 convolution (``conv2d(..., shuffle_in=g)``) is folded into the weight's rows instead;
     * max / average pooling: the ``kh*kw`` windows (unit-stride slices of the stride phases, like the
@@ -477,9 +478,10 @@ def _im2col(x, kh, kw, stride, pads, dilation):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
 def _dense_conv(x, kernel, stride, pads, dilation, precision):
-    """Dense k x k convolution. Forward: broadcast multiply-adds when the input has few channels (stems,
-    :func:`_few_channel_conv_math`), else XLA's convolution (as fast as im2col + dot here, without the
-    k*k-times larger matrix). Gradients through im2col + two dots (1.5x faster training on SqueezeNet 1.1 than
+    """Dense k x k convolution. Inference forward: broadcast multiply-adds when the input has few channels
+    (stems, :func:`_few_channel_conv_math`), else XLA's convolution (as fast as im2col + dot here, without the
+    k*k-times larger matrix). Under differentiation (:func:`_dense_conv_fwd`) a few-channel input goes through
+    im2col + one dot instead. Gradients through im2col + two dots (1.5x faster training on SqueezeNet 1.1 than
     XLA's convolution backward with its default YNNPACK kernels). Only ``x`` is saved; the columns are rebuilt
     in the backward pass."""
     if x.shape[-1] <= FEW_CHANNELS_MAX_CIN:
@@ -488,6 +490,14 @@ def _dense_conv(x, kernel, stride, pads, dilation, precision):
 
 
 def _dense_conv_fwd(x, kernel, stride, pads, dilation, precision):
+    if x.shape[-1] <= FEW_CHANNELS_MAX_CIN:
+        # Training: XLA treats the multiply-add chain as cheap and duplicates it into each consumer of the stem
+        # output (the saved activation, BatchNorm statistics, the pool, the ReLU mask in the backward): SqueezeNet's
+        # stem cost ~270 ms per step that way vs ~130 ms through im2col + dot, whose product is computed once.
+        kh, kw, cin, cout = kernel.shape
+        cols, (ho, wo) = _im2col(x, kh, kw, stride, pads, dilation)
+        y = lax.dot_general(cols, kernel.reshape(kh * kw * cin, cout), _DOT_NN, precision=precision)
+        return y.reshape(x.shape[0], ho, wo, cout), (x, kernel)
     return _dense_conv(x, kernel, stride, pads, dilation, precision), (x, kernel)
 
 
