@@ -407,13 +407,24 @@ def _phase_taps(size, out, k, s, pad_lo, d):
     return q, phases, lo, hi
 
 
-def _depthwise_dx(dy, k, x_shape, stride, pads, dilation):
+def _window_transpose(term, x_shape, out_hw, kh, kw, stride, pads, dilation, dtype):
+    """Transpose of reading the ``kh*kw`` tap windows of an input of ``x_shape`` (the input gradient of a
+    depthwise convolution or a pooling), one polyphase component per stride phase, no zero-dilated array.
+
+    ``term(i, j, read)`` returns tap ``(i, j)``'s contribution on the phase grid; ``read(a, fill=0)`` reads an
+    array ``a`` on the output grid (N, Ho, Wo, C) at the offset that tap needs, ``fill`` beyond its edges.
+    """
     n, h, w, c = x_shape
-    kh, kw, _ = k.shape
-    ho, wo = dy.shape[1:3]
+    ho, wo = out_hw
     qh, ph_plan, hlo, hhi = _phase_taps(h, ho, kh, stride[0], pads[0][0], dilation[0])
     qw, pw_plan, wlo, whi = _phase_taps(w, wo, kw, stride[1], pads[1][0], dilation[1])
-    dyp = jnp.pad(dy, ((0, 0), (hlo, hhi), (wlo, whi), (0, 0)))
+
+    def reader(oi, oj):
+        def read(a, fill=0):
+            ap = jnp.pad(a, ((0, 0), (hlo, hhi), (wlo, whi), (0, 0)), constant_values=fill)
+            return lax.slice(ap, (0, hlo - oi, wlo - oj, 0), (n, hlo - oi + qh, wlo - oj + qw, c))
+        return read
+
     rows = []
     for _, htaps in ph_plan:
         cols = []
@@ -421,9 +432,9 @@ def _depthwise_dx(dy, k, x_shape, stride, pads, dilation):
             acc = None
             for i, oi in htaps:
                 for j, oj in wtaps:
-                    t = lax.slice(dyp, (0, hlo - oi, wlo - oj, 0), (n, hlo - oi + qh, wlo - oj + qw, c)) * k[i, j]
+                    t = term(i, j, reader(oi, oj))
                     acc = t if acc is None else acc + t
-            cols.append(jnp.zeros((n, qh, qw, c), dy.dtype) if acc is None else acc)
+            cols.append(jnp.zeros((n, qh, qw, c), dtype) if acc is None else acc)
         rows.append(cols)
     sh, sw = stride
     if sh == 1 and sw == 1:
@@ -432,6 +443,12 @@ def _depthwise_dx(dy, k, x_shape, stride, pads, dilation):
         dx = jnp.stack([jnp.stack(cols, axis=3) for cols in rows], axis=2)  # (n, qh, sh, qw, sw, c)
         dx = dx.reshape(n, qh * sh, qw * sw, c)
     return dx[:, :h, :w, :]
+
+
+def _depthwise_dx(dy, k, x_shape, stride, pads, dilation):
+    kh, kw, _ = k.shape
+    return _window_transpose(lambda i, j, read: read(dy) * k[i, j], x_shape, dy.shape[1:3], kh, kw, stride, pads,
+                             dilation, dy.dtype)
 
 
 def _depthwise_dk(x, dy, k_shape, stride, pads, dilation):
@@ -589,17 +606,6 @@ def _pool_plan(x_shape, kernel_size, stride, padding, ceil_mode):
     return k, s, p, _pool_padding(x_shape[1:3], k, s, p, ceil_mode)
 
 
-def _pool_taps(xp, k, s, out_hw):
-    """The ``kh*kw`` strided windows of the padded input, in PyTorch's scan order (row-major in the window)."""
-    for i in range(k[0]):
-        for j in range(k[1]):
-            yield (i, j), _window(xp, i, j, *out_hw, s)
-
-
-def _pool_out_hw(x_shape, k, s, pads):
-    return tuple(_out_size(size, kk, ss, pad, 1) for size, pad, kk, ss in zip(x_shape[1:3], pads, k, s))
-
-
 def _pool_window_sum_or_max(x, k, s, pads, combine, pad_value):
     """Combines the ``kh*kw`` windows of a pooling, read like a convolution's taps (:func:`_tap_windows`:
     unit-stride slices of the stride phases). Padding to a multiple of the stride also keeps XLA from fusing
@@ -626,25 +632,24 @@ def _max_pool_taps_fwd(x, k, s, pads):
 
 def _max_pool_taps_bwd(k, s, pads, res, dy):
     """The whole gradient of a window goes to its FIRST maximum in scan order, as PyTorch's (and XLA's
-    select-and-scatter) max-pool gradient does; ``jnp.maximum`` autodiff would split ties (zeros after a ReLU)."""
+    select-and-scatter) max-pool gradient does; ``jnp.maximum`` autodiff would split ties (zeros after a ReLU).
+
+    One pass finds each window's first maximal tap (int8 index), then the gradient is scattered back like the
+    depthwise input gradient (:func:`_window_transpose`): 9 masked, zero-dilated pads of ``dy`` summed in one
+    loop took SqueezeNet's 3x3/2 pool backward 207 ms per step, 10x PyTorch's.
+    """
     x, out = res
-    xp = jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=-jnp.inf)
-    hp, wp = xp.shape[1:3]
-    ho, wo = out.shape[1:3]
+    windows, hstarts, wstarts = _tap_windows(x, k[0], k[1], s, pads, (1, 1), pad_value=-jnp.inf)
+    ntaps = len(hstarts) * len(wstarts)
+    first = jnp.full(out.shape, ntaps, jnp.int8 if ntaps < 127 else jnp.int32)
+    for t, (hs, ws) in enumerate((hs, ws) for hs in hstarts for ws in wstarts):
+        first = jnp.where((first == ntaps) & (windows(hs, ws) == out), jnp.asarray(t, first.dtype), first)
     zero = jnp.zeros((), dy.dtype)
-    taken = None
-    dxp = None
-    for (i, j), t in _pool_taps(xp, k, s, (ho, wo)):
-        hit = t == out
-        first = hit if taken is None else hit & ~taken
-        taken = hit if taken is None else taken | hit
-        g = jnp.where(first, dy, zero)
-        # Transpose of the strided slice: put g back at rows i, i + s, ... (interior padding s - 1).
-        g = lax.pad(g, zero, ((0, 0, 0), (i, hp - i - (ho - 1) * s[0] - 1, s[0] - 1),
-                              (j, wp - j - (wo - 1) * s[1] - 1, s[1] - 1), (0, 0, 0)))
-        dxp = g if dxp is None else dxp + g
-    h, w = x.shape[1:3]
-    return (dxp[:, pads[0][0]:pads[0][0] + h, pads[1][0]:pads[1][0] + w, :],)
+
+    def term(i, j, read):
+        return jnp.where(read(first, fill=-1) == i * k[1] + j, read(dy), zero)
+
+    return (_window_transpose(term, x.shape, out.shape[1:3], k[0], k[1], s, pads, (1, 1), dy.dtype),)
 
 
 _max_pool_taps.defvjp(_max_pool_taps_fwd, _max_pool_taps_bwd)
