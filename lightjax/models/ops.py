@@ -86,7 +86,8 @@ def conv_impl() -> str:
 
 #: XLA:CPU compile options for lightjax models (see :func:`compiler_options`): the default YNNPACK library
 #: fusions (dots, reductions) WITHOUT its individual convolutions, so dense k x k convolutions run on XLA's
-#: Eigen kernels (SqueezeNet's 3x3 expand layers 2-3x faster forward; their backward 2-4x faster).
+#: Eigen kernels (forward of SqueezeNet's 3x3 expand layers 1.0-2x faster, batch 32; their backward is
+#: im2col + dots either way).
 _CPU_COMPILER_OPTIONS = {
     "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE",
 }
@@ -108,9 +109,9 @@ def compiler_options(backend: Optional[str] = None) -> Dict[str, str]:
 
     Pass them to ``jax.jit(..., compiler_options=lightjax.compiler_options())`` (``train/`` and
     ``lightjax.bench`` do). On XLA:CPU they keep XLA's YNNPACK fusions for matrix products and reductions but
-    send dense k x k convolutions to XLA's Eigen kernels, which ran them 1.3-3x faster here (forward and
-    backward); that matters for SqueezeNet (eight 3x3 expand convolutions) and for Xception's second stem
-    convolution. Returns ``{}`` on other backends, when ``XLA_FLAGS`` already sets
+    send dense k x k convolutions to XLA's Eigen kernels, whose forward ran up to 2x faster here (SqueezeNet
+    1.1 inference +22% in a same-process A/B); that matters for SqueezeNet (eight 3x3 expand convolutions)
+    and for Xception's second stem convolution. Returns ``{}`` on other backends, when ``XLA_FLAGS`` already sets
     ``xla_cpu_experimental_ynn_fusion_type`` (the user's choice wins), or when the installed jaxlib rejects
     the option. Results are identical to float32 rounding either way.
 
