@@ -383,8 +383,13 @@ def test_compiler_options(monkeypatch):
     leave YNNPACK (fewer YNN fusions in the compiled program) and the values do not change."""
     import lightjax
 
+    import warnings
+
     assert lightjax.compiler_options("gpu") == {} and lightjax.compiler_options("tpu") == {}
-    opts = lightjax.compiler_options("cpu")
+    ops._options_accepted.cache_clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the acceptance probe must not itself warn (e.g. a deprecated jit arg)
+        opts = lightjax.compiler_options("cpu")
     assert set(opts) == {"xla_cpu_experimental_ynn_fusion_type"}, opts
     monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=")
     assert lightjax.compiler_options("cpu") == {}

@@ -97,8 +97,8 @@ _CPU_COMPILER_OPTIONS = {
 def _options_accepted(backend: str, items: Tuple[Tuple[str, str], ...]) -> bool:
     # A jaxlib that renamed the option or its values rejects it at compile time: check once, on a tiny program.
     try:
-        jax.jit(lambda v: v + 1, backend=backend).lower(jnp.zeros((1,), jnp.float32)).compile(
-            compiler_options=dict(items))
+        probe = jax.device_put(jnp.zeros((1,), jnp.float32), jax.local_devices(backend=backend)[0])
+        jax.jit(lambda v: v + 1).lower(probe).compile(compiler_options=dict(items))
         return True
     except Exception:  # noqa: BLE001 -- any rejection means "do not use these options"
         return False
