@@ -548,9 +548,7 @@ def header(args) -> str:
         lines.append("torch: not installed (lightjax columns only)")
     lines.append(f"allocator: {current_allocator()} (both frameworks)")
     lines.append(f"XLA_FLAGS: {os.environ.get('XLA_FLAGS', '') or '(none)'}")
-    import lightjax
-
-    lines.append(f"lightjax jit compiler_options (lightjax.compiler_options()): {lightjax.compiler_options() or '(none)'}")
+    lines.append(f"lightjax jit compiler_options (lightjax.compiler_options()): {ops.compiler_options() or '(none)'}")
     lines.append(f"batch {args.batch}, float32, median of {args.repeats} alternating runs; torch = best of NCHW and "
                  f"channels_last eager; ratio = lightjax / torch")
     return "\n".join(lines)

@@ -381,9 +381,9 @@ def test_parameters_identical_whichever_path():
 def test_compiler_options(monkeypatch):
     """lightjax.compiler_options(): {} off CPU or when XLA_FLAGS already decides; on CPU, dense convolutions
     leave YNNPACK (fewer YNN fusions in the compiled program) and the values do not change."""
-    import lightjax
-
     import warnings
+
+    import lightjax
 
     assert lightjax.compiler_options("gpu") == {} and lightjax.compiler_options("tpu") == {}
     ops._options_accepted.cache_clear()
