@@ -209,15 +209,50 @@ def test_channel_shuffle(groups, impl):
         ops.channel_shuffle(x, 5)
 
 
+@pytest.mark.parametrize("case", ["gpw_g3", "gpw_g8"])
+@pytest.mark.parametrize("split", [False, True])
+def test_grouped_pointwise_per_group_or_block_diagonal(case, split, monkeypatch):
+    """Both CPU forwards of a grouped 1x1 (one product per group / one block-diagonal product) equal
+    ``lax.conv`` in float64, forward and gradients; the program really has g products or one forward."""
+    monkeypatch.setattr(ops, "SPLIT_GROUPS_MIN_BLOCK", 0 if split else 10**9)
+    shape, kshape, stride, padding, dilation, groups = CASES[case]
+    with jax.enable_x64(True):
+        x = jax.random.normal(jax.random.key(0), shape, jnp.float64)
+        k = jax.random.normal(jax.random.key(1), kshape, jnp.float64)
+        y0, (dx0, dk0) = conv_and_grads("xla", x, k, groups=groups)
+        y1, (dx1, dk1) = conv_and_grads("cpu", x, k, groups=groups)
+        ops.set_conv_impl("cpu")
+        fwd = jax.jit(lambda x, k: ops.conv2d(x, k, groups=groups)).lower(x, k).as_text()
+        grad = jax.jit(jax.value_and_grad(lambda x, k: jnp.sum(ops.conv2d(x, k, groups=groups)), (0, 1)))
+        grad = grad.lower(x, k).as_text()
+    assert rel(y1, y0) < 1e-12 and rel(dx1, dx0) < 1e-12 and rel(dk1, dk0) < 1e-12
+    # forward: g products or one; backward: per group (dx and dW) whichever forward ran
+    assert fwd.count("stablehlo.dot_general") == (groups if split else 1)
+    assert grad.count("stablehlo.dot_general") == (groups if split else 1) + 2 * groups
+
+
+def test_group_layout():
+    """The shuffles a grouped 1x1 can read without moving the activation: none, megvii's (interleaved);
+    the seed/torchvision order folded into a grouped conv is no per-group slice (block-diagonal keeps it)."""
+    assert ops._group_layout(12, 3, None) == "blocks"
+    assert ops._group_layout(12, 3, np.arange(12)) == "blocks"
+    assert ops._group_layout(12, 3, ops.shuffle_permutation(12, 4)) == "interleaved"  # megvii: shuffle(x, C // g)
+    assert ops._group_layout(12, 3, ops.shuffle_permutation(12, 3)) is None
+
+
+@pytest.mark.parametrize("split", [False, True])
 @pytest.mark.parametrize("impl", ["xla", "cpu"])
 @pytest.mark.parametrize("kshape,groups,shuffle", [
     ((1, 1, 4, 12), 3, 4),   # ShuffleNet v1 (megvii order): grouped 1x1 reading shuffle(x, C // g)
+    ((1, 1, 4, 12), 3, 3),   # seed order folded into a grouped 1x1: block-diagonal whatever `split` says
     ((1, 1, 12, 6), 1, 3),   # dense 1x1
     ((3, 3, 4, 6), 3, 2),    # not a matrix product: the shuffle runs first
 ])
-def test_shuffle_in_equals_shuffle_then_conv(impl, kshape, groups, shuffle):
+def test_shuffle_in_equals_shuffle_then_conv(impl, kshape, groups, shuffle, split, monkeypatch):
     """``conv2d(x, k, shuffle_in=s)`` == ``conv2d(channel_shuffle(x, s), k)`` in value and in both gradients,
-    whether the permutation is folded into the weight (CPU 1x1) or applied to the activation."""
+    whether the permutation is read as per-group strided slices or folded into a block-diagonal weight's rows
+    (CPU 1x1) or applied to the activation."""
+    monkeypatch.setattr(ops, "SPLIT_GROUPS_MIN_BLOCK", 0 if split else 10**9)
     x = jax.random.normal(jax.random.key(0), (2, 5, 6, 12))
     k = jax.random.normal(jax.random.key(1), kshape)
     kw = dict(groups=groups, padding=kshape[0] // 2)
@@ -402,3 +437,10 @@ def test_compiler_options(monkeypatch):
     tuned = jax.jit(f, compiler_options=opts).lower(x, k).compile()
     assert plain.as_text().count("__ynn_fusion") > tuned.as_text().count("__ynn_fusion")
     np.testing.assert_allclose(np.asarray(tuned(x, k)), np.asarray(plain(x, k)), rtol=1e-4, atol=1e-4)
+    # ... and matrix products (1x1 convolutions) leave YNNPACK too; reductions stay (training needs them).
+    w = jax.random.normal(jax.random.key(2), (1, 1, 32, 48))
+    g = lambda x, w: jax.nn.relu(ops.conv2d(x, w))  # noqa: E731
+    assert "__ynn_fusion" in jax.jit(g).lower(x, w).compile().as_text()
+    assert "__ynn_fusion" not in jax.jit(g, compiler_options=opts).lower(x, w).compile().as_text()
+    r = lambda x: jnp.sum(x * x, axis=(0, 1, 2))  # noqa: E731
+    assert "__ynn_fusion" in jax.jit(r, compiler_options=opts).lower(x).compile().as_text()
