@@ -231,6 +231,48 @@ def test_grouped_pointwise_per_group_or_block_diagonal(case, split, monkeypatch)
     assert grad.count("stablehlo.dot_general") == (groups if split else 1) + 2 * groups
 
 
+@pytest.mark.parametrize("impl", ["xla", "cpu"])
+@pytest.mark.parametrize("kshape,padding", [((1, 1, 12, 5), 0), ((3, 3, 12, 5), 1), ((1, 1, 12, 5), 1)])
+def test_conv2d_concat_equals_conv_of_concatenation(impl, kshape, padding):
+    """``conv2d_concat(parts, k)`` == ``conv2d(concatenate(parts), k)``, value and gradients (of every part and
+    the kernel); on CPU a 1x1 really runs without the concatenation (one product per part)."""
+    parts = [jax.random.normal(jax.random.key(i), (2, 5, 6, c)) for i, c in enumerate((4, 8))]
+    k = jax.random.normal(jax.random.key(9), kshape)
+    ops.set_conv_impl(impl)
+    f_cat = lambda a, b, k: ops.conv2d(jnp.concatenate([a, b], axis=-1), k, padding=padding)  # noqa: E731
+    f_parts = lambda a, b, k: ops.conv2d_concat([a, b], k, padding=padding)  # noqa: E731
+    want, want_vjp = jax.vjp(f_cat, *parts, k)
+    got, got_vjp = jax.vjp(f_parts, *parts, k)
+    hlo = jax.jit(f_parts).lower(*parts, k).as_text()
+    ops.set_conv_impl(None)
+    ct = jax.random.normal(jax.random.key(8), want.shape)
+    assert rel(got, want) < 1e-5
+    for g, w in zip(got_vjp(ct), want_vjp(ct)):
+        assert rel(g, w) < 1e-5
+    assert ("concatenate" in hlo) == (impl == "xla" or kshape[0] == 3 or padding == 1)
+    with pytest.raises(ValueError, match="channels"):
+        ops.set_conv_impl("cpu")
+        ops.conv2d_concat([parts[0], parts[0]], k[:, :, :, :])
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("keepdims", [False, True])
+def test_global_avg_pool(dtype, keepdims):
+    """CPU (a product with a constant row) == XLA path (a mean), value and gradient; low precision is
+    accumulated in float32 and returned in the input dtype."""
+    x = (jax.random.normal(jax.random.key(0), (3, 5, 7, 6)) + 2.0).astype(dtype)
+    want = np.mean(np.asarray(x, np.float64), axis=(1, 2), keepdims=keepdims)
+    out = {}
+    for impl in ("xla", "cpu"):
+        ops.set_conv_impl(impl)
+        y, vjp = jax.vjp(lambda x: ops.global_avg_pool(x, keepdims=keepdims), x)
+        out[impl] = (y, vjp(jnp.ones_like(y))[0])
+    for y, g in out.values():
+        assert y.dtype == dtype and y.shape == want.shape and g.dtype == dtype
+        assert rel(y, want) < (1e-2 if dtype == jnp.bfloat16 else 1e-6)
+        assert rel(g, np.full(x.shape, 1 / 35)) < (1e-2 if dtype == jnp.bfloat16 else 1e-6)
+
+
 def test_group_layout():
     """The shuffles a grouped 1x1 can read without moving the activation: none, megvii's (interleaved);
     the seed/torchvision order folded into a grouped conv is no per-group slice (block-diagonal keeps it)."""

@@ -170,8 +170,11 @@ class Conv2d(nn.Module):
     shuffle_in: int = 0
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        cin = x.shape[-1]
+    def __call__(self, x: Union[jax.Array, Sequence[jax.Array]]) -> jax.Array:
+        """Args: x: ``(N, H, W, C_in)``, or a sequence of channel parts read as their concatenation
+        (see ``ops.conv2d_concat``). Returns ``(N, H', W', features)``."""
+        parts = list(x) if isinstance(x, (list, tuple)) else None
+        cin = sum(p.shape[-1] for p in parts) if parts is not None else x.shape[-1]
         if cin % self.groups or self.features % self.groups:
             raise ValueError(
                 f"{self.name or 'Conv2d'}: channels in={cin}, out={self.features} not divisible by groups={self.groups}"
@@ -182,11 +185,14 @@ class Conv2d(nn.Module):
         if self.use_bias:
             bias_init = self.bias_init or torch_bias_init(kh * kw * cin // self.groups)
             bias = self.param("bias", bias_init, (self.features,), self.param_dtype)
-        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-        y = ops.conv2d(
-            x, kernel, stride=self.stride, padding=self.padding, dilation=self.dilation, groups=self.groups,
-            shuffle_in=self.shuffle_in,
-        )
+        kw = dict(stride=self.stride, padding=self.padding, dilation=self.dilation, groups=self.groups,
+                  shuffle_in=self.shuffle_in)
+        if parts is not None:
+            *parts, kernel, bias = nn.dtypes.promote_dtype(*parts, kernel, bias, dtype=self.dtype)
+            y = ops.conv2d_concat(parts, kernel, **kw)
+        else:
+            x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+            y = ops.conv2d(x, kernel, **kw)
         if bias is not None:
             y = y + bias
         return y

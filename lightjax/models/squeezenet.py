@@ -10,7 +10,7 @@ Flax paths mirror the PyTorch keys: ``features.3.squeeze.weight`` ↔ ``params/f
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, Optional, Sequence, Tuple, Union
 
 import flax.linen as nn
 import jax
@@ -57,7 +57,13 @@ def _level_channels(arch) -> Tuple[int, ...]:
 # Blocks
 # ----------------------------------------------------------------------------------------------------------
 class Fire(nn.Module):
-    """squeeze 1x1 → ReLU → (expand 1x1 → ReLU ‖ expand 3x3 (pad 1) → ReLU), concatenated on channels."""
+    """squeeze 1x1 → ReLU → (expand 1x1 → ReLU ‖ expand 3x3 (pad 1) → ReLU), concatenated on channels.
+
+    Returns the two halves as a tuple, the channel concatenation torch computes: pooling and ReLU are per
+    channel and the next squeeze convolution reads the parts directly (``layers.Conv2d`` accepts channel parts,
+    ``ops.conv2d_concat``), so the concatenation is only built where a whole tensor is needed (``_cat``).
+    Accepts a tensor or such a tuple.
+    """
 
     squeeze_planes: int
     expand1x1_planes: int
@@ -66,14 +72,18 @@ class Fire(nn.Module):
     param_dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: Union[jax.Array, Tuple[jax.Array, ...]]) -> Tuple[jax.Array, jax.Array]:
         conv = lambda f, k, p, name: layers.Conv2d(  # noqa: E731
             f, k, padding=p, use_bias=True, dtype=self.dtype, param_dtype=self.param_dtype,
             kernel_init=layers.kaiming_uniform, bias_init=nn.initializers.zeros, name=name)
         x = nn.relu(conv(self.squeeze_planes, 1, 0, "squeeze")(x))
-        return jnp.concatenate(
-            [nn.relu(conv(self.expand1x1_planes, 1, 0, "expand1x1")(x)),
-             nn.relu(conv(self.expand3x3_planes, 3, 1, "expand3x3")(x))], axis=-1)
+        return (nn.relu(conv(self.expand1x1_planes, 1, 0, "expand1x1")(x)),
+                nn.relu(conv(self.expand3x3_planes, 3, 1, "expand3x3")(x)))
+
+
+def _cat(x: Union[jax.Array, Tuple[jax.Array, ...]]) -> jax.Array:
+    """A fire output's channel parts as the one tensor torch has."""
+    return jnp.concatenate(x, axis=-1) if isinstance(x, tuple) else x
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -122,17 +132,19 @@ class SqueezeNet(nn.Module):
             elif kind == "relu":
                 x = nn.relu(x)
             elif kind == "pool":
-                feats.append(x)
-                x = ops.max_pool2d(x, 3, 2, ceil_mode=True)
+                feats.append(_cat(x))
+                x = tuple(ops.max_pool2d(p, 3, 2, ceil_mode=True) for p in x) if isinstance(x, tuple) else \
+                    ops.max_pool2d(x, 3, 2, ceil_mode=True)
             else:
                 _, sq, e1, e3 = entry
                 x = Fire(sq, e1, e3, self.dtype, self.param_dtype, name=f"features_{i}")(x)
-        feats.append(x)
         if self.features_only:
-            return layers.select_features(feats, self.out_indices, name)
+            return layers.select_features(feats + [_cat(x)], self.out_indices, name)
         if self.num_classes == 0:
-            return ops.global_avg_pool(x).astype(jnp.float32)
-        x = nn.Dropout(self.drop_rate, deterministic=not train)(x)
+            return ops.global_avg_pool(_cat(x)).astype(jnp.float32)
+        # Dropout per part: one Bernoulli mask per element either way (the draws differ from torch's anyway).
+        drop = nn.Dropout(self.drop_rate, deterministic=not train)
+        x = tuple(drop(p) for p in x) if isinstance(x, tuple) else drop(x)
         x = layers.Conv2d(self.num_classes, 1, use_bias=True, dtype=self.dtype, param_dtype=self.param_dtype,
                           kernel_init=layers.normal_init(0.01), bias_init=nn.initializers.zeros,
                           name="classifier_1")(x)
