@@ -20,14 +20,20 @@ Formulations (picked per backend by :func:`conv_impl`):
       VJP: input gradient as shifted multiply-adds of the output gradient (one polyphase component per
       stride phase, no zero-dilated gradient), weight gradient as ONE variadic reduction over W' for all
       taps (one pass over x and dy, 3x faster than a reduction per tap) then a small sum;
-    * grouped 1x1 (ShuffleNet, groups <= 8): one dense matrix product with a block-diagonal weight built from
-      the grouped kernel (cheaper on CPU than a batched product for the small group counts these models use);
+    * grouped 1x1 (ShuffleNet, groups <= 8): forward as one matrix product per group on channel slices for
+      large group blocks, else one dense product with a block-diagonal weight built from the grouped kernel
+      (``SPLIT_GROUPS_MIN_BLOCK``); backward (custom VJP) always one ``dx`` and one ``dW`` product per group;
+    * a 1x1 convolution of a channel concatenation (:func:`conv2d_concat`, SqueezeNet's fire outputs): one
+      product per part, summed, instead of materialising the concatenation;
     * dense k x k: ``lax.conv`` forward, or for an input with few channels (RGB stems) ``kh*kw*C_in``
       broadcast multiply-adds in one fused loop (inference) / im2col + one matrix product (under
       differentiation); backward as im2col of the ``kh*kw`` shifted slices + two matrix products (custom
       VJP); grouped k x k stays on ``lax.conv``;
     * channel shuffle: a gather with a constant permutation, the inverse gather as its VJP; a shuffle that feeds
-      a 1x1 convolution (``conv2d(..., shuffle_in=g)``) is folded into the weight's rows instead;
+      a 1x1 convolution (``conv2d(..., shuffle_in=g)``) is read as per-group strided slices (megvii's order) or
+      folded into the block-diagonal weight's rows instead;
+    * global average pooling: a batched product with a constant ``1/(H*W)`` row (a reduction let XLA fuse the
+      classifier's product into YNNPACK's slower reduction kernel);
     * max / average pooling: the ``kh*kw`` windows (unit-stride slices of the stride phases, like the
       depthwise taps) combined in one fused loop (5x faster than
       ``reduce_window`` here), max-pool gradient to the first maximum of each window (PyTorch's rule).
