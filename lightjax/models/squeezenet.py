@@ -86,6 +86,11 @@ def _cat(x: Union[jax.Array, Tuple[jax.Array, ...]]) -> jax.Array:
     return jnp.concatenate(x, axis=-1) if isinstance(x, tuple) else x
 
 
+def _per_part(fn, x: Union[jax.Array, Tuple[jax.Array, ...]]):
+    """``fn`` (a per-channel op: pooling, dropout) applied to each channel part, or to a whole tensor."""
+    return tuple(fn(p) for p in x) if isinstance(x, tuple) else fn(x)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Model
 # ----------------------------------------------------------------------------------------------------------
@@ -133,8 +138,7 @@ class SqueezeNet(nn.Module):
                 x = nn.relu(x)
             elif kind == "pool":
                 feats.append(_cat(x))
-                x = tuple(ops.max_pool2d(p, 3, 2, ceil_mode=True) for p in x) if isinstance(x, tuple) else \
-                    ops.max_pool2d(x, 3, 2, ceil_mode=True)
+                x = _per_part(lambda p: ops.max_pool2d(p, 3, 2, ceil_mode=True), x)
             else:
                 _, sq, e1, e3 = entry
                 x = Fire(sq, e1, e3, self.dtype, self.param_dtype, name=f"features_{i}")(x)
@@ -143,8 +147,7 @@ class SqueezeNet(nn.Module):
         if self.num_classes == 0:
             return ops.global_avg_pool(_cat(x)).astype(jnp.float32)
         # Dropout per part: one Bernoulli mask per element either way (the draws differ from torch's anyway).
-        drop = nn.Dropout(self.drop_rate, deterministic=not train)
-        x = tuple(drop(p) for p in x) if isinstance(x, tuple) else drop(x)
+        x = _per_part(nn.Dropout(self.drop_rate, deterministic=not train), x)
         x = layers.Conv2d(self.num_classes, 1, use_bias=True, dtype=self.dtype, param_dtype=self.param_dtype,
                           kernel_init=layers.normal_init(0.01), bias_init=nn.initializers.zeros,
                           name="classifier_1")(x)
