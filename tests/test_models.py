@@ -153,6 +153,34 @@ def test_dtype_bfloat16_params_stay_float32():
     assert y.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(y)))
 
 
+@pytest.mark.parametrize("dtype,param_dtype,stats_dtype", [
+    (jnp.float32, jnp.float32, jnp.float32),
+    (jnp.bfloat16, jnp.float32, jnp.float32),
+    (jnp.float64, jnp.float64, jnp.float64),
+])
+def test_train_mode_keeps_batch_stats_dtype(dtype, param_dtype, stats_dtype):
+    """A train-mode update must return running statistics of the dtype they were created with: otherwise the
+    train state changes type after step 1 and ``jit`` traces and compiles the train step twice (it did for
+    float64 runs: float32 statistics came back float64)."""
+    with jax.enable_x64(True):
+        model = lm.create_model("mobilenet_v1_025", num_classes=3, dtype=dtype, param_dtype=param_dtype)
+        x = jax.random.normal(jax.random.key(2), (2, 32, 32, 3), dtype)
+        v = jax.jit(model.init)(jax.random.key(0), x)
+        before = jax.tree.map(lambda a: a.dtype, v["batch_stats"])
+        assert set(jax.tree.leaves(before)) == {jnp.dtype(stats_dtype)}
+        _, upd = jax.jit(lambda v: model.apply(v, x, train=True, rngs={"dropout": jax.random.key(1)},
+                                               mutable=["batch_stats"]))(v)
+        assert jax.tree.map(lambda a: a.dtype, upd["batch_stats"]) == before
+        changed = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(upd["batch_stats"]),
+                                                              jax.tree.leaves(v["batch_stats"]))]
+        assert all(changed)  # the statistics were really updated
+        # Statistics stored in float32 (e.g. ported from a PyTorch checkpoint) stay float32 under any dtype.
+        v32 = {**v, "batch_stats": jax.tree.map(lambda a: a.astype(jnp.float32), v["batch_stats"])}
+        _, upd = jax.jit(lambda v: model.apply(v, x, train=True, rngs={"dropout": jax.random.key(1)},
+                                               mutable=["batch_stats"]))(v32)
+        assert set(jax.tree.leaves(jax.tree.map(lambda a: a.dtype, upd["batch_stats"]))) == {jnp.dtype(jnp.float32)}
+
+
 def test_in_chans():
     model = lm.create_model("shufflenet_v2_x0_5", in_chans=1, num_classes=3)
     x = jnp.ones((1, 64, 64, 1))

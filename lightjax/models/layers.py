@@ -124,8 +124,12 @@ class BatchNorm(nn.Module):
     def __call__(self, x: jax.Array, use_running_average: bool = True) -> jax.Array:
         features = x.shape[-1]
         reduce_axes = tuple(range(x.ndim - 1))
-        ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((features,), jnp.float32))
-        ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((features,), jnp.float32))
+        # Running statistics are float32 (float64 with float64 parameters) and keep the dtype they were stored
+        # with: an update that changed it would change the train state's types after the first step, and
+        # ``jit`` would trace and compile the train step a second time.
+        stats_dtype = jnp.promote_types(self.param_dtype, jnp.float32)
+        ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((features,), stats_dtype))
+        ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((features,), stats_dtype))
         if use_running_average:
             mean, var = ra_mean.value, ra_var.value
         else:
@@ -136,8 +140,8 @@ class BatchNorm(nn.Module):
                 n = x.size // features
                 unbiased = var * (n / max(n - 1, 1))
                 m = self.momentum
-                ra_mean.value = m * ra_mean.value + (1.0 - m) * jax.lax.stop_gradient(mean)
-                ra_var.value = m * ra_var.value + (1.0 - m) * jax.lax.stop_gradient(unbiased)
+                for ra, stat in ((ra_mean, mean), (ra_var, unbiased)):
+                    ra.value = (m * ra.value + (1.0 - m) * jax.lax.stop_gradient(stat)).astype(ra.value.dtype)
         mul = jax.lax.rsqrt(var + self.epsilon)
         if self.use_scale:
             mul = mul * self.param("scale", self.scale_init, (features,), self.param_dtype)
