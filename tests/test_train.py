@@ -216,6 +216,21 @@ def test_short_digits_run_loss_decreases(env, tmp_path):
     assert any(f.startswith("events") for f in os.listdir(tmp_path / "w" / "tensorboard"))
 
 
+def test_metric_writer_does_not_import_torch(tmp_path):
+    """tensorboardX imports torch when it can (~3 s and ~0.5 GB per training run); the writer blocks that."""
+    pytest.importorskip("tensorboardX")
+    code = (
+        "import os, sys\n"
+        "from train import metrics_io\n"
+        f"w = metrics_io.MetricWriter({str(tmp_path)!r}, enabled=True)\n"
+        "w.write(1, {'train_loss': 0.5})\n"
+        "w.close()\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        f"assert any(f.startswith('events') for f in os.listdir({str(tmp_path / 'tensorboard')!r}))\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=300)
+
+
 def test_resume_is_bitwise_identical(env, tmp_path):
     from train import metrics_io, trainer
 
