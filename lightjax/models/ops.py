@@ -309,11 +309,10 @@ def _conv_cpu(x, kernel, stride, pads, dilation, groups, precision, in_perm=None
             return y.reshape(n, h, w, cout).astype(out_dtype)
         if groups == 1:
             w2 = kernel.reshape(cin, cout).astype(acc)
+            if in_perm is not None:  # x[..., perm] @ W == x @ W[argsort(perm)]: permute the weight
+                w2 = jnp.take(w2, np.argsort(in_perm), axis=0)
         else:
-            w2 = _block_diagonal(kernel.reshape(cin_g, cout).astype(acc), groups)
-        if in_perm is not None:
-            # x[..., perm] @ W == x @ W[argsort(perm)]: permute the (small) weight, not the activation.
-            w2 = jnp.take(w2, np.argsort(in_perm), axis=0)
+            w2 = _block_diagonal(kernel.reshape(cin_g, cout).astype(acc), groups, in_perm)
         y = _pointwise(x2, w2, precision)
         return y.reshape(n, h, w, cout).astype(out_dtype)
     if groups == 1:
@@ -325,15 +324,21 @@ def _conv_cpu(x, kernel, stride, pads, dilation, groups, precision, in_perm=None
     return _conv_xla(x, kernel, stride, pads, dilation, groups, precision)
 
 
-def _block_diagonal(w: jax.Array, groups: int) -> jax.Array:
-    """Grouped 1x1 kernel ``(C_in/g, C_out)`` to the dense ``(C_in, C_out)`` block-diagonal matrix."""
+def _block_diagonal(w: jax.Array, groups: int, in_perm=None) -> jax.Array:
+    """Grouped 1x1 kernel ``(C_in/g, C_out)`` to the dense ``(C_in, C_out)`` block-diagonal matrix.
+
+    With ``in_perm`` the rows are reordered so that ``x @ dense == x[..., in_perm] @ block_diagonal``: the
+    (small) weight absorbs the input permutation instead of the activation being gathered.
+    """
     cin_g, cout = w.shape
     cout_g = cout // groups
     blocks = w.reshape(cin_g, groups, cout_g)  # output channel o = group * cout_g + j
     eye = jnp.eye(groups, dtype=w.dtype)
     # dense[g, i, h, j] = blocks[i, h, j] * (g == h)
-    dense = eye[:, None, :, None] * blocks[None, :, :, :]
-    return dense.reshape(groups * cin_g, cout)
+    dense = (eye[:, None, :, None] * blocks[None, :, :, :]).reshape(groups * cin_g, cout)
+    if in_perm is not None:
+        dense = jnp.take(dense, np.argsort(in_perm), axis=0)
+    return dense
 
 
 _DOT_NN = (((1,), (0,)), ((), ()))
@@ -354,9 +359,14 @@ def _group_layout(cin: int, groups: int, in_perm) -> Optional[str]:
     rows = np.asarray(in_perm).reshape(groups, k)  # rows[h] = activation channels read by group h
     if np.array_equal(rows, np.arange(cin).reshape(groups, k)):
         return "blocks"
-    if np.array_equal(rows, np.arange(cin).reshape(k, groups).T):
+    if np.array_equal(rows.reshape(-1), _layout_perm(cin, groups, "interleaved")):
         return "interleaved"
     return None
+
+
+def _layout_perm(cin: int, groups: int, layout: str) -> Optional[np.ndarray]:
+    """The input permutation a :func:`_group_layout` stands for (``None`` for ``"blocks"``)."""
+    return None if layout == "blocks" else np.arange(cin).reshape(cin // groups, groups).T.reshape(-1)
 
 
 def _group_split(x2, groups, layout):
@@ -387,10 +397,8 @@ def _grouped_pointwise(x2, w2, groups, layout, split, precision=None):
         parts = _group_split(x2, groups, layout)
         return jnp.concatenate([lax.dot_general(xh, w2[:, h * n:(h + 1) * n], _DOT_NN, precision=precision)
                                 for h, xh in enumerate(parts)], axis=1)
-    dense = _block_diagonal(w2, groups)  # rows in group order: row h*k + j feeds group h
-    if layout == "interleaved":  # ... and reads activation channel j*g + h
-        dense = jnp.take(dense, np.arange(cin_g * groups).reshape(groups, cin_g).T.reshape(-1), axis=0)
-    return lax.dot_general(x2, dense, _DOT_NN, precision=precision)
+    return lax.dot_general(x2, _block_diagonal(w2, groups, _layout_perm(cin_g * groups, groups, layout)), _DOT_NN,
+                           precision=precision)
 
 
 def _grouped_pointwise_fwd(x2, w2, groups, layout, split, precision=None):
