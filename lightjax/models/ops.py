@@ -351,15 +351,14 @@ def _group_layout(cin: int, groups: int, in_perm) -> Optional[str]:
 
     ``"blocks"``: channels ``[h*k, (h+1)*k)`` (no shuffle folded in); ``"interleaved"``: channels ``h, h+g,
     h+2g, ...`` (megvii's shuffle folded in); ``None``: any other permutation (the caller keeps the
-    block-diagonal product, whose weight rows absorb any permutation).
+    block-diagonal product, whose weight rows absorb any permutation). ``k = C_in / g``.
     """
-    k = cin // groups
     if in_perm is None:
         return "blocks"
-    rows = np.asarray(in_perm).reshape(groups, k)  # rows[h] = activation channels read by group h
-    if np.array_equal(rows, np.arange(cin).reshape(groups, k)):
+    perm = np.asarray(in_perm)  # perm[h*k:(h+1)*k] = activation channels read by group h
+    if np.array_equal(perm, np.arange(cin)):
         return "blocks"
-    if np.array_equal(rows.reshape(-1), _layout_perm(cin, groups, "interleaved")):
+    if np.array_equal(perm, _layout_perm(cin, groups, "interleaved")):
         return "interleaved"
     return None
 
