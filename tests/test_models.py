@@ -168,16 +168,16 @@ def test_train_mode_keeps_batch_stats_dtype(dtype, param_dtype, stats_dtype):
         v = jax.jit(model.init)(jax.random.key(0), x)
         before = jax.tree.map(lambda a: a.dtype, v["batch_stats"])
         assert set(jax.tree.leaves(before)) == {jnp.dtype(stats_dtype)}
-        _, upd = jax.jit(lambda v: model.apply(v, x, train=True, rngs={"dropout": jax.random.key(1)},
-                                               mutable=["batch_stats"]))(v)
+        train_apply = jax.jit(lambda v: model.apply(v, x, train=True, rngs={"dropout": jax.random.key(1)},
+                                                    mutable=["batch_stats"])[1])
+        upd = train_apply(v)
         assert jax.tree.map(lambda a: a.dtype, upd["batch_stats"]) == before
         changed = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(upd["batch_stats"]),
                                                               jax.tree.leaves(v["batch_stats"]))]
         assert all(changed)  # the statistics were really updated
         # Statistics stored in float32 (e.g. ported from a PyTorch checkpoint) stay float32 under any dtype.
         v32 = {**v, "batch_stats": jax.tree.map(lambda a: a.astype(jnp.float32), v["batch_stats"])}
-        _, upd = jax.jit(lambda v: model.apply(v, x, train=True, rngs={"dropout": jax.random.key(1)},
-                                               mutable=["batch_stats"]))(v32)
+        upd = train_apply(v32)
         assert set(jax.tree.leaves(jax.tree.map(lambda a: a.dtype, upd["batch_stats"]))) == {jnp.dtype(jnp.float32)}
 
 
