@@ -306,7 +306,7 @@ class JaxSide:
         self.x = jnp.asarray(rng.standard_normal((batch, size, size, 3), dtype=np.float32))
         self.y = jnp.asarray(rng.integers(0, 1000, batch))
         if variables is None:
-            variables = self.model.init(jax.random.key(0), self.x[:1], train=False)
+            variables = lm.init_variables(self.model, jax.random.key(0), (1, size, size, 3))
         self.params = variables["params"]
         self.batch_stats = variables.get("batch_stats", {})
         self.tx = optax.sgd(0.01, momentum=0.9)

@@ -85,7 +85,7 @@ def to_nnx(
 
     if variables is None:
         # Initialised by Linen under jit: the bridge's own lazy_init would run the forward eagerly, op by op.
-        variables = jax.jit(lambda k: model.init(k, jnp.zeros(x.shape, x.dtype), train=False))(rngs.params())
+        variables = registry.init_variables(model, rngs.params(), x.shape, x.dtype)
 
     # The structure comes from an abstract lazy_init (shapes only, nothing computed); the random streams are
     # taken from a concrete wrapper because eval_shape would leave the keys abstract.

@@ -13,7 +13,7 @@ import sys
 
 # The suite's time is mostly XLA:CPU compiling small test graphs (a MobileNetV3 gradient: 14 s), not running
 # them; LLVM's optimisation level 0 compiles ~25% faster and does not change floating-point semantics. Set
-# before jax creates its backend; the training CLI tests start their subprocesses without XLA_FLAGS.
+# before jax creates its backend; the training CLI tests pass the same level to their subprocesses.
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
 

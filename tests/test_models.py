@@ -8,12 +8,14 @@ strides and channels equal to ``feature_info``; plus the registry's error cases.
 from __future__ import annotations
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import lightjax.models as lm
+from lightjax.models import layers
 from parity import random_variables
 
 ALL = lm.list_models()
@@ -147,7 +149,7 @@ def test_num_classes_zero_pooled_features(name):
 def test_dtype_bfloat16_params_stay_float32():
     model = lm.create_model("mobilenet_v2_050", num_classes=5, dtype=jnp.bfloat16)
     x = jnp.ones((2, 64, 64, 3))
-    v = jax.jit(model.init)(jax.random.key(0, impl="rbg"), x)
+    v = random_variables(model, x)  # dtypes as model.init gives them (eval_shape), without compiling the init
     assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(v["params"]))
     y = jax.jit(model.apply)(v, x)
     assert y.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(y)))
@@ -160,16 +162,23 @@ def test_dtype_bfloat16_params_stay_float32():
 ])
 def test_train_mode_keeps_batch_stats_dtype(dtype, param_dtype, stats_dtype):
     """A train-mode update must return running statistics of the dtype they were created with: otherwise the
-    train state changes type after step 1 and ``jit`` traces and compiles the train step twice (it did for
-    float64 runs: float32 statistics came back float64)."""
+    train state changes type after step 1 and ``jit`` traces and compiles the train step a second time (it did
+    for float64 runs: float32 statistics came back float64). Only BatchNorm owns ``batch_stats``; a conv in
+    front of it gives the statistics the model's compute dtype."""
+
+    class ConvBN(nn.Module):
+        @nn.compact
+        def __call__(self, x, train: bool):
+            x = layers.Conv2d(4, 3, padding=1, dtype=dtype, param_dtype=param_dtype)(x)
+            return layers.BatchNorm(dtype=dtype, param_dtype=param_dtype)(x, use_running_average=not train)
+
     with jax.enable_x64(True):
-        model = lm.create_model("mobilenet_v1_025", num_classes=3, dtype=dtype, param_dtype=param_dtype)
-        x = jax.random.normal(jax.random.key(2), (2, 32, 32, 3), dtype)
-        v = jax.jit(model.init)(jax.random.key(0), x)
+        model = ConvBN()
+        x = jax.random.normal(jax.random.key(2), (2, 8, 8, 3), dtype)
+        v = jax.jit(lambda k: model.init(k, x, train=False))(jax.random.key(0))
         before = jax.tree.map(lambda a: a.dtype, v["batch_stats"])
         assert set(jax.tree.leaves(before)) == {jnp.dtype(stats_dtype)}
-        train_apply = jax.jit(lambda v: model.apply(v, x, train=True, rngs={"dropout": jax.random.key(1)},
-                                                    mutable=["batch_stats"])[1])
+        train_apply = jax.jit(lambda v: model.apply(v, x, train=True, mutable=["batch_stats"])[1])
         upd = train_apply(v)
         assert jax.tree.map(lambda a: a.dtype, upd["batch_stats"]) == before
         changed = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(upd["batch_stats"]),
@@ -184,8 +193,11 @@ def test_train_mode_keeps_batch_stats_dtype(dtype, param_dtype, stats_dtype):
 def test_in_chans():
     model = lm.create_model("shufflenet_v2_x0_5", in_chans=1, num_classes=3)
     x = jnp.ones((1, 64, 64, 1))
-    v = model.init(jax.random.key(0), x)
-    chex.assert_shape(model.apply(v, x), (1, 3))
+    v = lm.init_variables(model, jax.random.key(0), x.shape)
+    assert v["params"]["conv1_0"]["kernel"].shape == (3, 3, 1, 24)  # torchvision conv1.0 with one input channel
+    out = jax.jit(model.apply)(v, x)
+    chex.assert_shape(out, (1, 3))
+    chex.assert_tree_all_finite(out)
 
 
 def test_unknown_name_lists_close_matches():

@@ -486,3 +486,38 @@ def test_compiler_options(monkeypatch):
     assert "__ynn_fusion" not in jax.jit(g, compiler_options=opts).lower(x, w).compile().as_text()
     r = lambda x: jnp.sum(x * x, axis=(0, 1, 2))  # noqa: E731
     assert "__ynn_fusion" in jax.jit(r, compiler_options=opts).lower(x).compile().as_text()
+
+
+def test_init_compiler_options_and_init_variables(monkeypatch):
+    """init_compiler_options(): LLVM level 0 on CPU unless XLA_FLAGS sets the level, {} elsewhere;
+    lm.init_variables gives model.init's variables (same tree, shapes, dtypes; values to float rounding)."""
+    import flax.linen as nn
+
+    import lightjax.models as lm
+    from lightjax.models import layers
+
+    class Tiny(nn.Module):
+        @nn.compact
+        def __call__(self, x, train: bool = False):
+            x = layers.BatchNorm()(layers.Conv2d(8, 3, padding=1)(x), use_running_average=not train)
+            return nn.Dense(3)(jnp.mean(x, axis=(1, 2)))
+
+    assert ops.init_compiler_options("gpu") == {} and ops.init_compiler_options("tpu") == {}
+    monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=2")
+    assert ops.init_compiler_options("cpu") == {}  # the user's level wins
+    monkeypatch.setenv("XLA_FLAGS", "")
+    ops._options_accepted.cache_clear()
+    assert ops.init_compiler_options("cpu") == {"xla_backend_optimization_level": 0}
+
+    model = Tiny()
+    got = lm.init_variables(model, jax.random.key(4), (1, 8, 8, 3))  # compiled at level 0
+    want = jax.jit(lambda k: model.init(k, jnp.zeros((1, 8, 8, 3)), train=False)).lower(jax.random.key(4)).compile(
+        compiler_options={"xla_backend_optimization_level": 2})(jax.random.key(4))
+    monkeypatch.undo()
+    assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(want)
+    assert set(got) == {"params", "batch_stats"}
+    for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+        assert a.shape == b.shape and a.dtype == b.dtype
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="NHWC"):
+        lm.init_variables(model, jax.random.key(4), (8, 8, 3))

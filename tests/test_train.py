@@ -20,6 +20,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL = "mobilenet_v1_025"  # small, with BatchNorm (batch statistics must agree across devices)
 STEPS = 4
+SUBPROCESS_XLA_FLAGS = "--xla_backend_optimization_level=0"
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +119,9 @@ def cli(workdir: str, overrides: dict, extra_args=(), env_extra=None, cache=None
     args += list(extra_args)
     env = dict(os.environ)
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    env.pop("XLA_FLAGS", None)
+    # Only the suite's compile setting (conftest: LLVM level 0, a quarter off every compile) crosses over; a
+    # run that needs more devices adds its own flag.
+    env["XLA_FLAGS"] = SUBPROCESS_XLA_FLAGS
     if cache:
         env["JAX_COMPILATION_CACHE_DIR"] = cache
         env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
@@ -293,7 +296,7 @@ def one_device_reference(env):
 def test_eight_devices_match_one(env, tmp_path, one_device_reference):
     wd = str(tmp_path / "w8")
     p = run_cli(wd, tiny_overrides(env["data_dir"], **PARITY), cache=env["cache"],
-                env_extra={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+                env_extra={"XLA_FLAGS": SUBPROCESS_XLA_FLAGS + " --xla_force_host_platform_device_count=8"})
     assert p.returncode == 0, _tail(p)
     assert "on 8 devices" in p.stderr, _tail(p)
     assert_trees(one_device_reference, checkpoint_params(wd, STEPS), atol=PARITY_ATOL)

@@ -41,11 +41,11 @@ from __future__ import annotations
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from lightjax.convert.core import ConversionError, Row, read_checkpoint, register_layout, to_numpy
 from lightjax.models import aligned_xception as ax
+from lightjax.models import registry
 from lightjax.models.xception import LEGACY_BLOCKS, LEGACY_EXIT, aligned_plan, legacy_rep
 
 
@@ -198,7 +198,6 @@ def aligned_from_original(
     """
     from lightjax import convert  # local: the package imports this module
     from lightjax.convert.core import expand_rows, torch_shape
-    from lightjax.models import registry
 
     model_kwargs = {**model_kwargs, "output_stride": output_stride}
     model = registry.create_model("aligned_xception", **model_kwargs)
@@ -230,8 +229,8 @@ def aligned_from_original(
     if problems:
         raise ConversionError("aligned_from_original: shape mismatches:\n  " + "\n  ".join(problems))
     if variables is None:
-        x = jnp.zeros((1, 32, 32, model.in_chans), jnp.float32)
-        variables = jax.jit(lambda k: model.init(k, x, train=False))(rng if rng is not None else jax.random.key(0))
+        variables = registry.init_variables(model, rng if rng is not None else jax.random.key(0),
+                                            (1, 32, 32, model.in_chans))
     merged: Dict[str, np.ndarray] = dict(convert.to_torch("aligned_xception", variables, **model_kwargs))
     merged.update(values)  # state_dict.update(model_dict)
     out = convert.from_torch("aligned_xception", merged, **model_kwargs)

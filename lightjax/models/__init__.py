@@ -3,7 +3,7 @@
 ```python
 import lightjax.models as lm
 model = lm.create_model("mobilenet_v2_100", num_classes=1000)
-variables = model.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3)), train=False)
+variables = lm.init_variables(model, jax.random.key(0), (1, 224, 224, 3))  # jitted model.init
 logits = model.apply(variables, x, train=False)     # x is NHWC
 ```
 """
@@ -11,6 +11,7 @@ logits = model.apply(variables, x, train=False)     # x is NHWC
 from lightjax.models.registry import (  # noqa: F401
     COMMON_KWARGS,
     create_model,
+    init_variables,
     list_models,
     load_model,
     model_family,
@@ -28,4 +29,4 @@ from lightjax.models import shufflenet_v2  # noqa: F401,E402
 from lightjax.models import xception  # noqa: F401,E402
 from lightjax.models import aligned_xception  # noqa: F401,E402
 
-__all__ = ["create_model", "list_models", "load_model", "model_info", "model_family", "register_model"]
+__all__ = ["create_model", "init_variables", "list_models", "load_model", "model_info", "model_family", "register_model"]
