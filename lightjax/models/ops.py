@@ -135,11 +135,7 @@ def compiler_options(backend: Optional[str] = None) -> Dict[str, str]:
     Returns:
       A dict for ``jax.jit(compiler_options=...)`` / ``Lowered.compile(compiler_options=...)``.
     """
-    backend = backend or jax.default_backend()
-    if backend != "cpu" or "xla_cpu_experimental_ynn_fusion_type" in os.environ.get("XLA_FLAGS", ""):
-        return {}
-    items = tuple(sorted(_CPU_COMPILER_OPTIONS.items()))
-    return dict(items) if _options_accepted(backend, items) else {}
+    return _cpu_options(backend, _CPU_COMPILER_OPTIONS)
 
 
 #: XLA options for compiling a model's *initialisation* on CPU: LLVM optimisation level 0. An init program is
@@ -155,10 +151,17 @@ def init_compiler_options(backend: Optional[str] = None) -> Dict[str, Any]:
     Returns ``{"xla_backend_optimization_level": 0}`` on CPU (the user's ``XLA_FLAGS`` setting of that level
     wins; ``{}`` if the installed jaxlib rejects it) and ``{}`` elsewhere.
     """
+    return _cpu_options(backend, _CPU_INIT_COMPILER_OPTIONS)
+
+
+def _cpu_options(backend: Optional[str], options: Dict[str, Any]) -> Dict[str, Any]:
+    # ``options`` on XLA:CPU; {} on other backends, when XLA_FLAGS already sets one of them (the user's choice
+    # wins) or when the installed jaxlib rejects them.
     backend = backend or jax.default_backend()
-    if backend != "cpu" or "xla_backend_optimization_level" in os.environ.get("XLA_FLAGS", ""):
+    flags = os.environ.get("XLA_FLAGS", "")
+    if backend != "cpu" or any(name in flags for name in options):
         return {}
-    items = tuple(sorted(_CPU_INIT_COMPILER_OPTIONS.items()))
+    items = tuple(sorted(options.items()))
     return dict(items) if _options_accepted(backend, items) else {}
 
 
