@@ -12,7 +12,9 @@ cross-entropy, train-mode BatchNorm) for lightjax and for PyTorch eager (the bet
 their ratio, the first-call compile time of lightjax (AOT lower + compile of the train step, and of the
 forward), and the peak RSS of a train step for each side (``--memory``, separate processes). Every timing is
 the median of ``--repeats`` (>= 5 by default) runs taken in the same process, alternating lightjax and torch;
-each model runs in a fresh process unless ``--in-process``.
+each model runs in a fresh process unless ``--in-process`` (or ``--quick``). A model whose process is killed
+(out of memory) or peaks above ``MEMORY_PRESSURE_SHARE`` (70%) of the machine's RAM is re-run at half the batch
+(Xception65 at 299 px on a 24 GiB machine: batch 32 killed, 16 thrashing, 8 measured); its row says so.
 
 Process settings (this process only; the library itself never changes XLA flags):
 
@@ -482,15 +484,51 @@ def _run_memory(name: str, side: str, args) -> Optional[float]:
 
 
 def _bench_here(name: str, args) -> Dict[str, Any]:
-    """One model's row, timed in this process."""
-    return bench_model(name, args.batch, args.size, args.repeats, args.device, not args.no_torch, args.quick)
+    """One model's row, timed in this process, with the process's peak RSS (``peak_rss_mib``)."""
+    import resource
+
+    row = bench_model(name, args.batch, args.size, args.repeats, args.device, not args.no_torch, args.quick)
+    row["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    return row
+
+
+#: A row whose process peaked above this share of the machine's RAM is re-run at half the batch: Xception65 at
+#: batch 16 (299 px, both frameworks in one process) peaked near 24 GiB of 24 and ran its train step 5x slower
+#: than at batch 8 (page-cache thrashing), which measures the memory pressure, not the kernels.
+MEMORY_PRESSURE_SHARE = 0.7
+
+
+def _total_ram_mib() -> float:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20
+    except (ValueError, OSError, AttributeError):
+        return float("inf")
 
 
 def _run_row(name: str, args) -> Dict[str, Any]:
     """Benchmarks one model in a fresh process: compiled executables, torch modules and allocator caches of
     earlier models do not pile up (with mimalloc's purge delay -1 nothing is returned to the OS, and the full
-    table in one process was OOM-killed at 24 GiB on xception65), and a crash costs one row, not the table."""
-    cmd = [sys.executable, "-m", "lightjax.bench", "--_row", name, "--batch", str(args.batch), "--repeats",
+    table in one process was OOM-killed at 24 GiB on xception65), and a crash costs one row, not the table.
+    A process killed (out of memory: Xception65 at 299 px, batch 32, both frameworks in one process on 24
+    GiB) or one that peaked above ``MEMORY_PRESSURE_SHARE`` of the RAM is retried at half the batch, down to
+    1; the row then says which batch it ran at and why."""
+    batch, dropped, limit = args.batch, [], MEMORY_PRESSURE_SHARE * _total_ram_mib()
+    while True:
+        row = _run_row_at(name, args, batch)
+        peak = row.get("peak_rss_mib") or 0
+        if batch <= 1 or not (row.get("killed") or peak > limit):
+            break
+        dropped.append(f"batch {batch} " + ("killed (out of memory?)" if row.get("killed") else
+                                            f"peaked at {peak / 1024:.1f} GiB (> {limit / 1024:.1f})"))
+        batch //= 2
+    row.pop("killed", None)
+    if dropped:
+        row["note"] = f"{'; '.join(dropped)}: ran at batch {batch}"
+    return row
+
+
+def _run_row_at(name: str, args, batch: int) -> Dict[str, Any]:
+    cmd = [sys.executable, "-m", "lightjax.bench", "--_row", name, "--batch", str(batch), "--repeats",
            str(args.repeats)]
     for flag, on in (("--device", args.device), ("--no-torch", args.no_torch), ("--quick", args.quick)):
         if on:
@@ -501,8 +539,9 @@ def _run_row(name: str, args) -> Dict[str, Any]:
     out = subprocess.run(cmd, env=env, capture_output=True, text=True)
     lines = [l for l in out.stdout.strip().splitlines() if l.startswith("{")]
     if out.returncode != 0 or not lines:
-        why = f"exit {out.returncode}" + (" (killed: out of memory?)" if out.returncode in (-9, 137) else "")
-        return {"model": name, "error": f"{why}: {out.stderr.strip()[-300:]}"}
+        killed = out.returncode in (-9, 137)
+        why = f"exit {out.returncode}" + (f" (killed at batch {batch}: out of memory?)" if killed else "")
+        return {"model": name, "error": f"{why}: {out.stderr.strip()[-300:]}", "killed": killed}
     return json.loads(lines[-1])
 
 
@@ -569,7 +608,7 @@ def table(rows: List[Dict[str, Any]], memory: bool) -> str:
             out.append(f"| {r['model']} | error: {r['error']} |")
             continue
         cells = [
-            r["model"], str(r["size"]),
+            r["model"], str(r["size"]) + (f" (batch {r['batch']})" if "note" in r else ""),
             _f(r.get("jax_infer")),
             _f(r.get("torch_infer")) + (f" ({r['torch_infer_fmt']})" if "torch_infer_fmt" in r else ""),
             _f(r.get("ratio_infer"), "{:.2f}x"),
@@ -583,7 +622,8 @@ def table(rows: List[Dict[str, Any]], memory: bool) -> str:
                       _f(r.get("mem_torch"), "{:.0f}")]
         out.append("| " + " | ".join(cells) + " |")
     notes = [f"- {r['model']}: torch reference: {r['torch_ref'] or 'none'}"
-             + (f" ({r['torch_error']})" if "torch_error" in r else "") for r in rows if "error" not in r]
+             + (f" ({r['torch_error']})" if "torch_error" in r else "") + (f"; {r['note']}" if "note" in r else "")
+             for r in rows if "error" not in r]
     return "\n".join(out + [""] + notes)
 
 
@@ -646,7 +686,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             rows.append({"model": name, "error": "not registered"})
             continue
         try:
-            row = _bench_here(name, args) if args.in_process or len(names) == 1 else _run_row(name, args)
+            row = _bench_here(name, args) if args.in_process or args.quick else _run_row(name, args)
         except Exception as e:  # noqa: BLE001 -- one broken model must not hide the others
             row = {"model": name, "error": f"{type(e).__name__}: {e}"[:300]}
         if args.memory and "error" not in row:

@@ -255,6 +255,85 @@ def test_conv2d_concat_equals_conv_of_concatenation(impl, kshape, padding):
         ops.conv2d_concat([parts[0], parts[0]], k[:, :, :, :])
 
 
+@pytest.mark.parametrize("impl", ["xla", "cpu"])
+@pytest.mark.parametrize("widths,groups,shuffle", [
+    ((12,), 3, 0),  # one array: the per-group products' outputs as parts
+    ((12,), 3, 4),  # megvii's shuffle folded in (interleaved slices)
+    ((12,), 3, 3),  # the seed's shuffle: no per-group slicing expresses it -> one part
+    ((4, 4, 4), 3, 0),  # parts that are the groups
+    ((8, 4), 3, 0),  # two groups in one part: cut where the groups need it
+    ((2, 6, 4), 2, 0),  # a part across a group boundary
+])
+def test_conv2d_parts_equals_conv2d(impl, widths, groups, shuffle):
+    """``conv2d_parts`` (array or channel parts in, channel parts out) == ``conv2d`` of the concatenation, value
+    and gradients in float64; on CPU a per-group product returns one part per group."""
+    with jax.enable_x64(True):
+        parts = [jax.random.normal(jax.random.key(i), (2, 3, 4, c), jnp.float64) for i, c in enumerate(widths)]
+        k = jax.random.normal(jax.random.key(9), (1, 1, 12 // groups, 6), jnp.float64)
+        ops.set_conv_impl(impl)
+        arg = parts[0] if len(parts) == 1 else parts
+        f_ref = lambda ps, k: ops.conv2d(jnp.concatenate(ps, -1), k, groups=groups, shuffle_in=shuffle)  # noqa: E731
+        f_parts = lambda ps, k: ops.concat_parts(  # noqa: E731
+            ops.conv2d_parts(ps[0] if len(ps) == 1 else ps, k, groups=groups, shuffle_in=shuffle))
+        out = ops.conv2d_parts(arg, k, groups=groups, shuffle_in=shuffle)
+        want, want_vjp = jax.vjp(f_ref, parts, k)
+        got, got_vjp = jax.vjp(f_parts, parts, k)
+        ops.set_conv_impl(None)
+        ct = jax.random.normal(jax.random.key(8), want.shape, jnp.float64)
+        assert rel(got, want) < 1e-12
+        for g, w in zip(jax.tree_util.tree_leaves(got_vjp(ct)), jax.tree_util.tree_leaves(want_vjp(ct))):
+            assert rel(g, w) < 1e-12
+    per_group = impl == "cpu" and not (shuffle and shuffle != 12 // groups)
+    assert [o.shape[-1] for o in out] == ([6 // groups] * groups if per_group else [6])
+
+
+def test_regroup():
+    """``regroup`` re-cuts channel parts without changing their concatenation, passes aligned parts through
+    untouched, and names the mismatch when the widths do not add up."""
+    a, b = jnp.arange(2 * 4.0).reshape(1, 1, 2, 4), jnp.arange(2 * 6.0).reshape(1, 1, 2, 6) + 100
+    cat = jnp.concatenate([a, b], -1)
+    for widths in ([4, 6], [10], [2, 2, 6], [5, 5], [1, 8, 1]):
+        out = ops.regroup([a, b], widths)
+        assert [o.shape[-1] for o in out] == widths
+        np.testing.assert_array_equal(ops.concat_parts(out), cat)
+    same = ops.regroup([a, b], [4, 6])
+    assert same[0] is a and same[1] is b
+    assert ops.regroup(cat, [10])[0] is cat and ops.concat_parts(cat) is cat
+    with pytest.raises(ValueError, match=r"\[4, 6\] channels cannot be cut into \[4, 4\]"):
+        ops.regroup([a, b], [4, 4])
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_batchnorm_of_parts_equals_batchnorm_of_concatenation(train):
+    """``layers.BatchNorm`` on channel parts: same output (as parts), same running statistics, same gradients
+    as on their concatenation."""
+    from lightjax.models import layers
+
+    parts = [jax.random.normal(jax.random.key(i), (4, 3, 3, c)) * (i + 1) + i for i, c in enumerate((2, 5, 3))]
+    bn = layers.BatchNorm()
+    v = bn.init(jax.random.key(0), jnp.concatenate(parts, -1))
+    v = {"params": jax.tree_util.tree_map(lambda t: t + jnp.linspace(0.5, 1.5, t.shape[0]), v["params"]),
+         "batch_stats": v["batch_stats"]}
+
+    def run(ps, params):
+        x = ps if isinstance(ps, list) else jnp.concatenate(ps, -1)
+        y, upd = bn.apply({"params": params, "batch_stats": v["batch_stats"]}, x, use_running_average=not train,
+                          mutable=["batch_stats"])
+        return ops.concat_parts(y), upd["batch_stats"]
+
+    got, got_stats = run(parts, v["params"])
+    want, want_stats = run(tuple(parts), v["params"])
+    assert isinstance(bn.apply(v, parts), list)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    for a, b in zip(jax.tree_util.tree_leaves(got_stats), jax.tree_util.tree_leaves(want_stats)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    ct = jax.random.normal(jax.random.key(5), want.shape)
+    g1 = jax.grad(lambda ps, p: jnp.sum(run(ps, p)[0] * ct), (0, 1))(parts, v["params"])
+    g2 = jax.grad(lambda ps, p: jnp.sum(run(tuple(ps), p)[0] * ct), (0, 1))(parts, v["params"])
+    for a, b in zip(jax.tree_util.tree_leaves(g1), jax.tree_util.tree_leaves(g2)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 @pytest.mark.parametrize("keepdims", [False, True])
 def test_global_avg_pool(dtype, keepdims):
@@ -368,19 +447,20 @@ def _model_grads(name, impl, x, variables, **kwargs):
     return val, g, upd
 
 
-@pytest.mark.parametrize("name,size", [("mobilenet_v1_025", 33)])
-def test_whole_model_gradients_float64(name, size):
+@pytest.mark.parametrize("name,size,kw", [("mobilenet_v1_025", 33, {}),
+                                          ("shufflenet_v1_g3", 33, {"width": 0.5})])  # channel parts, per-group VJPs
+def test_whole_model_gradients_float64(name, size, kw):
     """Train-mode loss, parameter gradients and BN statistics agree between formulations in float64."""
     import lightjax.models as lm
 
     if name not in lm.list_models():
         pytest.skip(f"{name} not registered yet")
     with jax.enable_x64(True):
-        model = lm.create_model(name, drop_rate=0.0, num_classes=10)
+        model = lm.create_model(name, drop_rate=0.0, num_classes=10, **kw)
         x = jax.random.normal(jax.random.key(0), (2, size, size, 3), jnp.float64)
         variables = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), random_variables(model, x, seed=1))
-        v0, g0, u0 = _model_grads(name, "xla", x, variables, num_classes=10)
-        v1, g1, u1 = _model_grads(name, "cpu", x, variables, num_classes=10)
+        v0, g0, u0 = _model_grads(name, "xla", x, variables, num_classes=10, **kw)
+        v1, g1, u1 = _model_grads(name, "cpu", x, variables, num_classes=10, **kw)
     assert rel(v1, v0) < 1e-6  # the models cast logits to float32
     flat0, flat1 = jax.tree_util.tree_leaves(g0), jax.tree_util.tree_leaves(g1)
     assert len(flat0) == len(flat1) > 10
@@ -438,6 +518,37 @@ def test_bench_quick_prints_table():
     assert "allocator:" in out and "jax " in out
     assert "| model | size | infer lj |" in out
     assert "| squeezenet1_1 | 64 |" in out
+
+
+def test_bench_retries_a_killed_row_at_half_the_batch(monkeypatch):
+    """A benchmark row whose process is killed (out of memory) is re-run at half the batch until it fits; the
+    table says at which batch it ran and which were killed. A row that fails otherwise is not retried."""
+    import argparse
+
+    from lightjax import bench
+
+    calls = []
+
+    def fake(name, args, batch):
+        calls.append(batch)
+        if name == "big" and batch > 16:
+            return {"model": name, "error": "exit -9", "killed": True}
+        if name == "broken":
+            return {"model": name, "error": "exit 1: ValueError", "killed": False}
+        peak = 10_000 * 1024 if batch > 8 else 3 * 1024  # MiB: 10,000 GiB at batch 16, 3 GiB at 8
+        return {"model": name, "batch": batch, "size": 299, "torch_ref": "ref", "jax_infer": 1.0, "peak_rss_mib": peak}
+
+    monkeypatch.setattr(bench, "_run_row_at", fake)
+    monkeypatch.setattr(bench, "_total_ram_mib", lambda: 24 * 1024.0)
+    args = argparse.Namespace(batch=32)
+    row = bench._run_row("big", args)
+    assert calls == [32, 16, 8] and row["batch"] == 8 and "killed" not in row
+    assert row["note"] == ("batch 32 killed (out of memory?); batch 16 peaked at 10000.0 GiB (> 16.8): "
+                           "ran at batch 8")
+    text = bench.table([row], memory=False)
+    assert "| big | 299 (batch 8) |" in text and "ran at batch 8" in text
+    calls.clear()
+    assert "error" in bench._run_row("broken", args) and calls == [32]
 
 
 def test_parameters_identical_whichever_path():

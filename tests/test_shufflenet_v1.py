@@ -172,7 +172,9 @@ def test_shuffle_order_field(torch):
     x = np.random.default_rng(1).standard_normal((2, c, 6, 6)).astype(np.float32)
     xj = jnp.asarray(x.transpose(0, 2, 3, 1))
     unit = sv.Unit(c, c, c // 4, 1, False)
-    outs = {order: np.asarray(sv.ShuffleV1Block(unit, g, order).apply(variables, xj)) for order in ("megvii", "seed")}
+    # The unit returns channel parts (one per group on CPU, see ops.conv2d_parts): read as their concatenation.
+    outs = {order: np.asarray(ops.concat_parts(sv.ShuffleV1Block(unit, g, order).apply(variables, xj)))
+            for order in ("megvii", "seed")}
     with torch.no_grad():
         megvii_ref = torch_to_np(tb(torch.from_numpy(x)))
         tb.__dict__["channel_shuffle"] = ss.ShuffleBlock(g)  # instance attribute shadows the method

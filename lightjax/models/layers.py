@@ -10,11 +10,12 @@ Modules take ``dtype`` (computation) and ``param_dtype`` (storage, float32 by de
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from lightjax.models import ops
 
@@ -121,9 +122,14 @@ class BatchNorm(nn.Module):
     bias_init: Initializer = nn.initializers.zeros
 
     @nn.compact
-    def __call__(self, x: jax.Array, use_running_average: bool = True) -> jax.Array:
-        features = x.shape[-1]
-        reduce_axes = tuple(range(x.ndim - 1))
+    def __call__(self, x: Union[jax.Array, Sequence[jax.Array]],
+                 use_running_average: bool = True) -> Union[jax.Array, List[jax.Array]]:
+        """Args: x: ``(..., C)``, or a list of channel parts (see ``ops.conv2d_parts``), normalised as their
+        concatenation and returned as parts."""
+        parts = list(x) if isinstance(x, (list, tuple)) else None
+        xs = parts if parts is not None else [x]
+        features = sum(p.shape[-1] for p in xs)
+        reduce_axes = tuple(range(xs[0].ndim - 1))
         # Running statistics are float32 (float64 with float64 parameters) and keep the dtype they were stored
         # with: an update that changed it would change the train state's types after the first step, and
         # ``jit`` would trace and compile the train step a second time.
@@ -133,11 +139,14 @@ class BatchNorm(nn.Module):
         if use_running_average:
             mean, var = ra_mean.value, ra_var.value
         else:
-            xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))  # float32, or float64 under x64
-            mean = jnp.mean(xf, axis=reduce_axes)
-            var = jnp.mean(jnp.square(xf - mean), axis=reduce_axes)
+            stats = []
+            for p in xs:
+                pf = p.astype(jnp.promote_types(p.dtype, jnp.float32))  # float32, or float64 under x64
+                m = jnp.mean(pf, axis=reduce_axes)
+                stats.append((m, jnp.mean(jnp.square(pf - m), axis=reduce_axes)))
+            mean, var = (jnp.concatenate(s) if len(s) > 1 else s[0] for s in zip(*stats))
             if not self.is_initializing():
-                n = x.size // features
+                n = xs[0].size // xs[0].shape[-1]
                 unbiased = var * (n / max(n - 1, 1))
                 m = self.momentum
                 for ra, stat in ((ra_mean, mean), (ra_var, unbiased)):
@@ -148,8 +157,9 @@ class BatchNorm(nn.Module):
         shift = -mean * mul
         if self.use_bias:
             shift = shift + self.param("bias", self.bias_init, (features,), self.param_dtype)
-        dtype = self.dtype or x.dtype
-        return (x.astype(jnp.promote_types(x.dtype, jnp.float32)) * mul + shift).astype(dtype)
+        out = [(p.astype(jnp.promote_types(p.dtype, jnp.float32)) * m + b).astype(self.dtype or p.dtype)
+               for p, m, b in zip(xs, split_like(mul, xs), split_like(shift, xs))]
+        return out if parts is not None else out[0]
 
 
 class Conv2d(nn.Module):
@@ -172,11 +182,15 @@ class Conv2d(nn.Module):
     bias_init: Optional[Initializer] = None
     #: > 0: read ``channel_shuffle(x, shuffle_in)`` (folded into the weight on CPU 1x1, see ``ops.conv2d``).
     shuffle_in: int = 0
+    #: return the output as a list of channel parts (one per group where the product runs per group on CPU,
+    #: see ``ops.conv2d_parts``; otherwise one part).
+    output_parts: bool = False
 
     @nn.compact
-    def __call__(self, x: Union[jax.Array, Sequence[jax.Array]]) -> jax.Array:
+    def __call__(self, x: Union[jax.Array, Sequence[jax.Array]]) -> Union[jax.Array, List[jax.Array]]:
         """Args: x: ``(N, H, W, C_in)``, or a sequence of channel parts read as their concatenation
-        (see ``ops.conv2d_concat``). Returns ``(N, H', W', features)``."""
+        (see ``ops.conv2d_concat``). Returns ``(N, H', W', features)`` (a list of channel parts with
+        ``output_parts``)."""
         parts = list(x) if isinstance(x, (list, tuple)) else None
         cin = sum(p.shape[-1] for p in parts) if parts is not None else x.shape[-1]
         if cin % self.groups or self.features % self.groups:
@@ -193,13 +207,26 @@ class Conv2d(nn.Module):
                   shuffle_in=self.shuffle_in)
         if parts is not None:
             *parts, kernel, bias = nn.dtypes.promote_dtype(*parts, kernel, bias, dtype=self.dtype)
-            y = ops.conv2d_concat(parts, kernel, **kw)
+            x = parts
         else:
             x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-            y = ops.conv2d(x, kernel, **kw)
+        if self.output_parts:
+            ys = ops.conv2d_parts(x, kernel, **kw)
+            if bias is not None:
+                ys = [y + b for y, b in zip(ys, split_like(bias, ys))]
+            return ys
+        y = ops.conv2d_concat(x, kernel, **kw) if parts is not None else ops.conv2d(x, kernel, **kw)
         if bias is not None:
             y = y + bias
         return y
+
+
+def split_like(v: jax.Array, parts: Sequence[jax.Array]) -> List[jax.Array]:
+    """A per-channel vector ``(C,)`` cut like the channel parts ``parts``."""
+    if len(parts) == 1:
+        return [v]
+    bounds = np.cumsum([0] + [p.shape[-1] for p in parts])
+    return [v[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:])]
 
 
 class Linear(nn.Module):

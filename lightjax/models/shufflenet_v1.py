@@ -51,7 +51,7 @@ CIFAR: stem (stride 1, kept because the CIFAR stem does not downsample), layer1-
 from __future__ import annotations
 
 import functools
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import flax.linen as nn
 import jax
@@ -155,26 +155,32 @@ class ShuffleV1Block(nn.Module):
     param_dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    def __call__(self, x: Union[jax.Array, Sequence[jax.Array]], train: bool = False) -> List[jax.Array]:
+        """Args: x: ``(N, H, W, in_ch)`` or channel parts of it. Returns the output as channel parts: on CPU one
+        per group of the last grouped 1x1 (see ``ops.conv2d_parts``), so that the next unit's grouped 1x1 and
+        residual read them without slicing a concatenation; ``ops.concat_parts`` gives the array."""
         u, g = self.unit, self.groups
         outputs = u.out_ch - u.in_ch if u.stride == 2 else u.out_ch
+        g1 = 1 if u.first_group else g
+        # The input cut at the first grouped 1x1's group boundaries (only where the parts do not line up).
+        x = ops.regroup(x, [u.in_ch // g1] * g1)
         conv = functools.partial(layers.Conv2d, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
                                  kernel_init=_megvii_conv_init)
         bn = functools.partial(_BN, dtype=self.dtype, param_dtype=self.param_dtype,
                                bias_init=nn.initializers.constant(1e-4))
         ura = not train
-        y = conv(u.mid, 1, groups=1 if u.first_group else g, name="branch_main_1_0")(x)
+        y = conv(u.mid, 1, groups=g1, name="branch_main_1_0")(x)
         y = nn.relu(bn(name="branch_main_1_1")(y, use_running_average=ura))
         y = conv(u.mid, 3, u.stride, 1, groups=u.mid, name="branch_main_1_3")(y)
         y = bn(name="branch_main_1_4")(y, use_running_average=ura)  # no ReLU after the depthwise conv
         # megvii shuffles whenever g > 1, also in the unit whose first conv is ungrouped; the shuffle is handed to
         # the next 1x1 conv, which folds it into its weight where it is computed as a matrix product.
         shuffle = (u.mid // g if self.shuffle_order == "megvii" else g) if g > 1 else 0
-        y = conv(outputs, 1, groups=g, shuffle_in=shuffle, name="branch_main_2_0")(y)
-        y = bn(name="branch_main_2_1")(y, use_running_average=ura)
+        ys = conv(outputs, 1, groups=g, shuffle_in=shuffle, output_parts=True, name="branch_main_2_0")(y)
+        ys = bn(name="branch_main_2_1")(ys, use_running_average=ura)
         if u.stride == 1:
-            return nn.relu(y + x)
-        return jnp.concatenate([ops.avg_pool2d(x, 3, 2, 1), nn.relu(y)], axis=-1)
+            return [nn.relu(a + b) for a, b in zip(ys, ops.regroup(x, [y.shape[-1] for y in ys]))]
+        return [ops.avg_pool2d(p, 3, 2, 1) for p in x] + [nn.relu(y) for y in ys]
 
 
 class Bottleneck(nn.Module):
@@ -275,7 +281,8 @@ class ShuffleNetV1(nn.Module):
                 x = ShuffleV1Block(u, self.groups, self.shuffle_order, self.dtype, self.param_dtype,
                                    name=f"features_{i}")(x, train)
                 i += 1
-            feats.append(x)
+            feats.append(ops.concat_parts(x))
+        x = feats[-1]
         if self.features_only:
             return layers.select_features(feats, self.out_indices, self._name)
         return _head(x, self.num_classes, self.drop_rate, train, False, layers.normal_init(0.01), "classifier_0",
