@@ -10,3 +10,10 @@ def compiler_options(backend: Optional[str] = None) -> Dict[str, str]:
     from lightjax.models.ops import compiler_options as _options
 
     return _options(backend)
+
+
+def tune_glibc_malloc() -> Optional[str]:
+    """Opt-in glibc malloc settings for CPU training processes; see :func:`lightjax.malloc.tune_glibc_malloc`."""
+    from lightjax.malloc import tune_glibc_malloc as _tune
+
+    return _tune()

@@ -9,6 +9,7 @@ A persistent compilation cache shared by all runs keeps the suite within a few m
 from __future__ import annotations
 
 import os
+import platform
 import socket
 import subprocess
 import sys
@@ -300,6 +301,11 @@ def test_eight_devices_match_one(env, tmp_path, one_device_reference):
     assert p.returncode == 0, _tail(p)
     assert "on 8 devices" in p.stderr, _tail(p)
     assert_trees(one_device_reference, checkpoint_params(wd, STEPS), atol=PARITY_ATOL)
+    # The CLI applies lightjax.tune_glibc_malloc on CPU unless the environment chose an allocator itself.
+    tuned = (platform.libc_ver()[0] == "glibc" and not any(k.startswith("MALLOC_") for k in os.environ)
+             and "LD_PRELOAD" not in os.environ and "GLIBC_TUNABLES" not in os.environ
+             and os.environ.get("LIGHTJAX_KEEP_MALLOC") != "1")
+    assert ("malloc: one arena, no mmap for large blocks, no trimming" in p.stderr) == tuned, _tail(p)
 
 
 def _free_port() -> int:

@@ -31,6 +31,15 @@ def main(argv) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     import jax
 
+    # Host malloc settings for CPU training (lightjax.malloc), before XLA's threads allocate. Decided without
+    # initialising a backend (jax.distributed.initialize must come first): skipped on TPU VMs and when
+    # JAX_PLATFORMS names an accelerator.
+    platforms = (jax.config.jax_platforms or "").lower()
+    malloc = None
+    if not _on_tpu_vm() and not any(p in platforms for p in ("cuda", "gpu", "rocm", "tpu")):
+        import lightjax
+
+        malloc = lightjax.tune_glibc_malloc()
     if FLAGS.config.model.dtype == "float64":  # must be on before the first array is made
         jax.config.update("jax_enable_x64", True)
     if FLAGS.coordinator_address:
@@ -39,6 +48,8 @@ def main(argv) -> None:
         jax.distributed.initialize()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("train").setLevel(logging.INFO)
+    if malloc:
+        logging.getLogger("train").info("%s (LIGHTJAX_KEEP_MALLOC=1 to keep the defaults)", malloc)
     # Orbax and tfds log every checkpoint/array write at INFO through absl (~1,000 lines in the default run):
     # keep their warnings, drop the chatter that would bury the progress bar. --verbosity=0 brings it back.
     from absl import logging as absl_logging
