@@ -22,7 +22,7 @@ Process settings (this process only; the library itself never changes XLA flags)
   (measured +13-18% on the CPU train step; has no effect on GPU).
 * ``--allocator mimalloc`` (default when the ``cmeel-mimalloc`` wheel is installed) re-executes the benchmark
   with ``LD_PRELOAD=libmimalloc.so`` and ``MIMALLOC_PURGE_DELAY=-1``; ``--allocator system`` keeps glibc
-  malloc (with ``GLIBC_ENV``: one arena, no mmap, no trimming, unless ``--plain-glibc``). Both frameworks always run under the same
+  malloc (with ``MALLOC_MMAP_MAX_=0`` unless ``--plain-glibc``). Both frameworks always run under the same
   allocator; the header says which.
 """
 
@@ -78,8 +78,10 @@ def current_allocator() -> str:
     return f"glibc malloc{extra}"
 
 
-#: ``lightjax.malloc.SETTINGS`` as glibc environment variables (one arena, no mmap, no trimming).
-GLIBC_ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**62)}
+#: ``--allocator system``'s glibc environment. ``lightjax.tune_glibc_malloc``'s full settings (adding
+#: ``MALLOC_ARENA_MAX=1 MALLOC_TRIM_THRESHOLD_=2**62``) removed XLA's per-step temp-buffer faults but slowed the
+#: compile columns (one arena lock): set them yourself to measure that configuration.
+GLIBC_ENV = {"MALLOC_MMAP_MAX_": "0"}
 
 
 def _reexec_with_allocator(args) -> None:
@@ -101,7 +103,7 @@ def _reexec_with_allocator(args) -> None:
     else:
         if "mimalloc" in env.get("LD_PRELOAD", ""):
             env["LD_PRELOAD"] = ":".join(p for p in env["LD_PRELOAD"].split(":") if "mimalloc" not in p)
-        if not args.plain_glibc:  # lightjax.malloc's settings, as environment (read at process start)
+        if not args.plain_glibc:  # environment: read at process start
             for k, v in GLIBC_ENV.items():
                 env.setdefault(k, v)
         if env == dict(os.environ):

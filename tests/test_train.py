@@ -297,14 +297,15 @@ def one_device_reference(env):
 def test_eight_devices_match_one(env, tmp_path, one_device_reference):
     wd = str(tmp_path / "w8")
     p = run_cli(wd, tiny_overrides(env["data_dir"], **PARITY), cache=env["cache"],
-                env_extra={"XLA_FLAGS": SUBPROCESS_XLA_FLAGS + " --xla_force_host_platform_device_count=8"})
+                env_extra={"XLA_FLAGS": SUBPROCESS_XLA_FLAGS + " --xla_force_host_platform_device_count=8",
+                           "LIGHTJAX_TUNE_MALLOC": "1"})
     assert p.returncode == 0, _tail(p)
     assert "on 8 devices" in p.stderr, _tail(p)
     assert_trees(one_device_reference, checkpoint_params(wd, STEPS), atol=PARITY_ATOL)
-    # The CLI applies lightjax.tune_glibc_malloc on CPU unless the environment chose an allocator itself.
+    # LIGHTJAX_TUNE_MALLOC=1: the CLI applies lightjax.tune_glibc_malloc unless the environment chose an
+    # allocator itself (the results above are the same either way).
     tuned = (platform.libc_ver()[0] == "glibc" and not any(k.startswith("MALLOC_") for k in os.environ)
-             and "LD_PRELOAD" not in os.environ and "GLIBC_TUNABLES" not in os.environ
-             and os.environ.get("LIGHTJAX_KEEP_MALLOC") != "1")
+             and "LD_PRELOAD" not in os.environ and "GLIBC_TUNABLES" not in os.environ)
     assert ("malloc: one arena, no mmap for large blocks, no trimming" in p.stderr) == tuned, _tail(p)
 
 

@@ -31,12 +31,10 @@ def main(argv) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     import jax
 
-    # Host malloc settings for CPU training (lightjax.malloc), before XLA's threads allocate. Decided without
-    # initialising a backend (jax.distributed.initialize must come first): skipped on TPU VMs and when
-    # JAX_PLATFORMS names an accelerator.
-    platforms = (jax.config.jax_platforms or "").lower()
+    # Opt-in glibc settings (lightjax.malloc: big models' steps faster, compiles and small runs slower), applied
+    # before XLA's threads allocate.
     malloc = None
-    if not _on_tpu_vm() and not any(p in platforms for p in ("cuda", "gpu", "rocm", "tpu")):
+    if os.environ.get("LIGHTJAX_TUNE_MALLOC") == "1":
         import lightjax
 
         malloc = lightjax.tune_glibc_malloc()
@@ -49,7 +47,7 @@ def main(argv) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("train").setLevel(logging.INFO)
     if malloc:
-        logging.getLogger("train").info("%s (LIGHTJAX_KEEP_MALLOC=1 to keep the defaults)", malloc)
+        logging.getLogger("train").info("LIGHTJAX_TUNE_MALLOC=1: %s", malloc)
     # Orbax and tfds log every checkpoint/array write at INFO through absl (~1,000 lines in the default run):
     # keep their warnings, drop the chatter that would bury the progress bar. --verbosity=0 brings it back.
     from absl import logging as absl_logging
