@@ -74,14 +74,8 @@ def current_allocator() -> str:
         return f"mimalloc ({os.path.basename(pre)}, MIMALLOC_PURGE_DELAY={os.environ.get('MIMALLOC_PURGE_DELAY', 'default')})"
     if "jemalloc" in pre or "tcmalloc" in pre:
         return os.path.basename(pre)
-    extra = "".join(f", {k}={os.environ[k]}" for k in GLIBC_ENV if k in os.environ)
+    extra = f", MALLOC_MMAP_MAX_={os.environ['MALLOC_MMAP_MAX_']}" if "MALLOC_MMAP_MAX_" in os.environ else ""
     return f"glibc malloc{extra}"
-
-
-#: ``--allocator system``'s glibc environment. ``lightjax.tune_glibc_malloc``'s full settings (adding
-#: ``MALLOC_ARENA_MAX=1 MALLOC_TRIM_THRESHOLD_=2**62``) removed XLA's per-step temp-buffer faults but slowed the
-#: compile columns (one arena lock): set them yourself to measure that configuration.
-GLIBC_ENV = {"MALLOC_MMAP_MAX_": "0"}
 
 
 def _reexec_with_allocator(args) -> None:
@@ -103,9 +97,8 @@ def _reexec_with_allocator(args) -> None:
     else:
         if "mimalloc" in env.get("LD_PRELOAD", ""):
             env["LD_PRELOAD"] = ":".join(p for p in env["LD_PRELOAD"].split(":") if "mimalloc" not in p)
-        if not args.plain_glibc:  # environment: read at process start
-            for k, v in GLIBC_ENV.items():
-                env.setdefault(k, v)
+        if not args.plain_glibc:
+            env.setdefault("MALLOC_MMAP_MAX_", "0")
         if env == dict(os.environ):
             return
     env[_CHILD_ENV] = "1"
@@ -647,7 +640,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--memory-xla", action="store_true", help="with --memory, also the plain 'xla' conv path")
     p.add_argument("--memory-timeout", type=int, default=900)
     p.add_argument("--allocator", choices=("auto", "mimalloc", "system"), default="auto")
-    p.add_argument("--plain-glibc", action="store_true", help="with --allocator system: stock glibc (no GLIBC_ENV)")
+    p.add_argument("--plain-glibc", action="store_true", help="with --allocator system: no MALLOC_MMAP_MAX_=0")
     p.add_argument("--no-xla-flags", action="store_true", help="do not add the memory-optimised XLA scheduler")
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
     p.add_argument("--_memory", nargs=2, metavar=("MODEL", "SIDE"), help=argparse.SUPPRESS)

@@ -142,8 +142,8 @@ class BatchNorm(nn.Module):
             stats = []
             for p in xs:
                 pf = p.astype(jnp.promote_types(p.dtype, jnp.float32))  # float32, or float64 under x64
-                m = jnp.mean(pf, axis=reduce_axes)
-                stats.append((m, jnp.mean(jnp.square(pf - m), axis=reduce_axes)))
+                mu = jnp.mean(pf, axis=reduce_axes)
+                stats.append((mu, jnp.mean(jnp.square(pf - mu), axis=reduce_axes)))
             mean, var = (jnp.concatenate(s) if len(s) > 1 else s[0] for s in zip(*stats))
             if not self.is_initializing():
                 n = xs[0].size // xs[0].shape[-1]
@@ -157,8 +157,8 @@ class BatchNorm(nn.Module):
         shift = -mean * mul
         if self.use_bias:
             shift = shift + self.param("bias", self.bias_init, (features,), self.param_dtype)
-        out = [(p.astype(jnp.promote_types(p.dtype, jnp.float32)) * m + b).astype(self.dtype or p.dtype)
-               for p, m, b in zip(xs, split_like(mul, xs), split_like(shift, xs))]
+        out = [(p.astype(jnp.promote_types(p.dtype, jnp.float32)) * k + b).astype(self.dtype or p.dtype)
+               for p, k, b in zip(xs, split_like(mul, xs), split_like(shift, xs))]
         return out if parts is not None else out[0]
 
 

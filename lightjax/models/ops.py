@@ -312,7 +312,8 @@ def conv2d_parts(x: Union[jax.Array, Sequence[jax.Array]], kernel: jax.Array, **
         return [conv2d(parts[0], kernel, **kwargs)]
     x = parts[0]
     n, h, w, _ = x.shape
-    acc, out_dtype = _acc_dtype(jnp.result_type(x.dtype, kernel.dtype)), jnp.result_type(x.dtype, kernel.dtype)
+    out_dtype = jnp.result_type(x.dtype, kernel.dtype)
+    acc = _acc_dtype(out_dtype)
     ys = _grouped_pointwise_parts(x.reshape(n * h * w, cin).astype(acc), kernel.reshape(kernel.shape[2], -1).astype(acc),
                                   groups, layout, kwargs.get("precision"))
     return [y.reshape(n, h, w, -1).astype(out_dtype) for y in ys]

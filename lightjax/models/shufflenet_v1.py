@@ -162,8 +162,7 @@ class ShuffleV1Block(nn.Module):
         u, g = self.unit, self.groups
         outputs = u.out_ch - u.in_ch if u.stride == 2 else u.out_ch
         g1 = 1 if u.first_group else g
-        # The input cut at the first grouped 1x1's group boundaries (only where the parts do not line up).
-        x = ops.regroup(x, [u.in_ch // g1] * g1)
+        x = [x] if hasattr(x, "shape") else list(x)  # channel parts; Conv2d cuts them at its groups on CPU
         conv = functools.partial(layers.Conv2d, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
                                  kernel_init=_megvii_conv_init)
         bn = functools.partial(_BN, dtype=self.dtype, param_dtype=self.param_dtype,
