@@ -21,7 +21,8 @@ Process settings (this process only; the library itself never changes XLA flags)
 * ``XLA_FLAGS += --xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED`` unless ``--no-xla-flags``
   (measured +13-18% on the CPU train step; has no effect on GPU).
 * ``--allocator mimalloc`` (default when the ``cmeel-mimalloc`` wheel is installed) re-executes the benchmark
-  with ``LD_PRELOAD=libmimalloc.so`` and ``MIMALLOC_PURGE_DELAY=-1``; ``--allocator system`` keeps glibc
+  with ``LD_PRELOAD=libmimalloc.so``, ``MIMALLOC_PURGE_DELAY=-1`` and ``MIMALLOC_ARENA_MAX_OBJECT_SIZE=1TiB``
+  (``MIMALLOC_SETTINGS``); ``--allocator system`` keeps glibc
   malloc (with ``MALLOC_MMAP_MAX_=0`` unless ``--plain-glibc``). Both frameworks always run under the same
   allocator; the header says which.
 """
@@ -68,10 +69,20 @@ def mimalloc_path() -> Optional[str]:
     return None
 
 
+#: mimalloc settings of ``--allocator mimalloc`` (user-set values win). ``PURGE_DELAY=-1``: freed memory is never
+#: returned to the OS, so steady-state steps take no page faults. ``ARENA_MAX_OBJECT_SIZE``: mimalloc 3 serves
+#: objects above 2 GiB straight from the OS (``mmap`` + ``MADV_HUGEPAGE`` per allocation, ``munmap`` on free), and
+#: XLA:CPU's per-step temp buffer is one such object (Xception65 train step, batch 8: 5 GiB). Mapped afresh every
+#: step it took ~2,600 huge-page faults per step, which after torch's steps stalled in compaction (2-4 s of system
+#: time; lightjax 3.5-5.3 s per step). From an arena it stays mapped: 0 faults, 3.06-3.19 s.
+MIMALLOC_SETTINGS = {"MIMALLOC_PURGE_DELAY": "-1", "MIMALLOC_ARENA_MAX_OBJECT_SIZE": "1TiB"}
+
+
 def current_allocator() -> str:
     pre = os.environ.get("LD_PRELOAD", "")
     if "mimalloc" in pre:
-        return f"mimalloc ({os.path.basename(pre)}, MIMALLOC_PURGE_DELAY={os.environ.get('MIMALLOC_PURGE_DELAY', 'default')})"
+        opts = ", ".join(f"{k}={os.environ.get(k, 'default')}" for k in MIMALLOC_SETTINGS)
+        return f"mimalloc ({os.path.basename(pre)}, {opts})"
     if "jemalloc" in pre or "tcmalloc" in pre:
         return os.path.basename(pre)
     extra = f", MALLOC_MMAP_MAX_={os.environ['MALLOC_MMAP_MAX_']}" if "MALLOC_MMAP_MAX_" in os.environ else ""
@@ -93,7 +104,8 @@ def _reexec_with_allocator(args) -> None:
         if lib in env.get("LD_PRELOAD", ""):
             return
         env["LD_PRELOAD"] = ":".join(filter(None, [lib, env.get("LD_PRELOAD")]))
-        env.setdefault("MIMALLOC_PURGE_DELAY", "-1")
+        for k, v in MIMALLOC_SETTINGS.items():
+            env.setdefault(k, v)
     else:
         if "mimalloc" in env.get("LD_PRELOAD", ""):
             env["LD_PRELOAD"] = ":".join(p for p in env["LD_PRELOAD"].split(":") if "mimalloc" not in p)
@@ -518,10 +530,14 @@ def _run_row(name: str, args) -> Dict[str, Any]:
         peak = row.get("peak_rss_mib") or 0
         if batch <= 1 or not (row.get("killed") or peak > limit):
             break
-        dropped.append(f"batch {batch} " + ("killed (out of memory?)" if row.get("killed") else
-                                            f"peaked at {peak / 1024:.1f} GiB (> {limit / 1024:.1f})"))
+        if row.get("killed"):
+            dropped.append(f"batch {batch} killed (out of memory?)")
+        else:
+            verb = "stopped at" if row.get("stopped") else "peaked at"
+            dropped.append(f"batch {batch} {verb} {peak / 1024:.1f} GiB (> {limit / 1024:.1f})")
         batch //= 2
     row.pop("killed", None)
+    row.pop("stopped", None)
     if dropped:
         row["note"] = f"{'; '.join(dropped)}: ran at batch {batch}"
     return row
@@ -536,13 +552,64 @@ def _run_row_at(name: str, args, batch: int) -> Dict[str, Any]:
     if args.size:
         cmd += ["--size", str(args.size)]
     env = dict(os.environ, **{_CHILD_ENV: "1"})
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    lines = [l for l in out.stdout.strip().splitlines() if l.startswith("{")]
-    if out.returncode != 0 or not lines:
-        killed = out.returncode in (-9, 137)
-        why = f"exit {out.returncode}" + (f" (killed at batch {batch}: out of memory?)" if killed else "")
-        return {"model": name, "error": f"{why}: {out.stderr.strip()[-300:]}", "killed": killed}
+    limit = MEMORY_PRESSURE_SHARE * _total_ram_mib()
+    with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        watch = _RssWatch(proc.pid, limit)
+        try:
+            stdout, stderr = proc.communicate()
+        finally:
+            watch.stop()
+    if watch.stopped_at is not None:
+        return {"model": name, "error": f"stopped at batch {batch}: resident memory {watch.stopped_at / 1024:.1f} "
+                f"GiB > {limit / 1024:.1f}", "peak_rss_mib": watch.stopped_at, "killed": False, "stopped": True}
+    lines = [l for l in stdout.strip().splitlines() if l.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        killed = proc.returncode in (-9, 137)
+        why = f"exit {proc.returncode}" + (f" (killed at batch {batch}: out of memory?)" if killed else "")
+        return {"model": name, "error": f"{why}: {stderr.strip()[-300:]}", "killed": killed}
     return json.loads(lines[-1])
+
+
+def _rss_mib_of(pid: int) -> Optional[float]:
+    """Resident set size of process ``pid`` in MiB (Linux ``/proc``), or None where unavailable."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+class _RssWatch:
+    """Kills a benchmark child as soon as its resident memory passes ``limit_mib``: the row is re-run at half
+    the batch anyway, and a child left to run near the RAM limit thrashes for minutes (Xception65, batch 16:
+    page-cache eviction of its own code, 1.5 GB/s of reads, ~15 s per train step) before it finishes."""
+
+    def __init__(self, pid: int, limit_mib: float, interval_s: float = 0.5):
+        self.pid, self.limit, self.interval = pid, limit_mib, interval_s
+        self.stopped_at: Optional[float] = None
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._done.wait(self.interval):
+            rss = _rss_mib_of(self.pid)
+            if rss is None:
+                return
+            if rss > self.limit:
+                self.stopped_at = rss
+                try:
+                    os.kill(self.pid, 9)
+                except OSError:
+                    pass
+                return
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join()
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -334,6 +334,43 @@ def test_batchnorm_of_parts_equals_batchnorm_of_concatenation(train):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("shape", [(4, 5, 3, 6), (7, 3), (2, 9, 9, 1)])
+def test_batch_norm_train_analytic_gradient_float64(shape):
+    """``ops.batch_norm_train`` (custom VJP, the textbook gradient) == autodiff of the plain two-pass formula in
+    float64: output, batch statistics, and the gradients of x, scale and bias, also when the loss reads the
+    batch mean and variance (their cotangents reach x)."""
+    with jax.enable_x64(True):
+        keys = jax.random.split(jax.random.key(3), 6)
+        c = shape[-1]
+        x = jax.random.normal(keys[0], shape, jnp.float64) * 3.0 + 1.5
+        scale = jax.random.uniform(keys[1], (c,), jnp.float64, 0.5, 1.5)
+        bias = jax.random.normal(keys[2], (c,), jnp.float64)
+        cts = [jax.random.normal(k, s, jnp.float64) for k, s in zip(keys[3:], (shape, (c,), (c,)))]
+
+        def plain(x, scale, bias):
+            axes = tuple(range(x.ndim - 1))
+            mean = jnp.mean(x, axis=axes)
+            var = jnp.mean(jnp.square(x - mean), axis=axes)
+            return (x - mean) * jax.lax.rsqrt(var + 1e-3) * scale + bias, mean, var
+
+        def loss(fn, with_stats):
+            def f(x, scale, bias):
+                y, mean, var = fn(x, scale, bias)
+                total = jnp.sum(y * cts[0])
+                return total + (jnp.sum(mean * cts[1]) + jnp.sum(var * cts[2]) if with_stats else 0.0)
+            return f
+
+        fast = lambda x, s, b: ops.batch_norm_train(x, s, b, 1e-3)  # noqa: E731
+        for a, b in zip(fast(x, scale, bias), plain(x, scale, bias)):
+            assert a.dtype == jnp.float64
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+        for with_stats in (False, True):
+            got = jax.grad(loss(fast, with_stats), (0, 1, 2))(x, scale, bias)
+            want = jax.grad(loss(plain, with_stats), (0, 1, 2))(x, scale, bias)
+            for a, b in zip(got, want):
+                np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
+
+
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 @pytest.mark.parametrize("keepdims", [False, True])
 def test_global_avg_pool(dtype, keepdims):
@@ -549,6 +586,51 @@ def test_bench_retries_a_killed_row_at_half_the_batch(monkeypatch):
     assert "| big | 299 (batch 8) |" in text and "ran at batch 8" in text
     calls.clear()
     assert "error" in bench._run_row("broken", args) and calls == [32]
+
+
+def test_bench_stops_a_child_over_the_memory_limit():
+    """A benchmark child whose resident memory passes the limit is killed at once (not left to thrash near the
+    RAM limit) and reported as stopped with the size it had reached; a child under the limit runs to the end."""
+    from lightjax import bench
+
+    grow = "import time; b = bytearray(400 * 2**20); time.sleep(30)"
+    with subprocess.Popen([sys.executable, "-c", grow]) as proc:
+        watch = bench._RssWatch(proc.pid, limit_mib=200.0, interval_s=0.05)
+        rc = proc.wait(timeout=60)
+        watch.stop()
+    assert rc == -9 and watch.stopped_at is not None and 200.0 < watch.stopped_at < 2000.0
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.5)"]) as proc:
+        watch = bench._RssWatch(proc.pid, limit_mib=2000.0, interval_s=0.05)
+        rc = proc.wait(timeout=60)
+        watch.stop()
+    assert rc == 0 and watch.stopped_at is None
+
+
+def test_bench_mimalloc_settings_reach_the_child(monkeypatch):
+    """``--allocator mimalloc`` re-executes with the library preloaded and ``MIMALLOC_SETTINGS`` (freed memory
+    kept; XLA's multi-GiB temp buffer served from an arena instead of a fresh mmap per step); a value the user
+    set wins."""
+    import argparse
+
+    from lightjax import bench
+
+    seen = {}
+
+    def fake_execve(path, argv, env):
+        seen.update(env)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(bench.os, "execve", fake_execve)
+    monkeypatch.setattr(bench, "mimalloc_path", lambda: "/opt/libmimalloc.so")
+    monkeypatch.delenv(bench._CHILD_ENV, raising=False)
+    monkeypatch.delenv("LD_PRELOAD", raising=False)
+    monkeypatch.setenv("MIMALLOC_PURGE_DELAY", "250")
+    monkeypatch.delenv("MIMALLOC_ARENA_MAX_OBJECT_SIZE", raising=False)
+    with pytest.raises(SystemExit):
+        bench._reexec_with_allocator(argparse.Namespace(device=False, allocator="mimalloc", plain_glibc=False))
+    assert seen["LD_PRELOAD"] == "/opt/libmimalloc.so" and seen[bench._CHILD_ENV] == "1"
+    assert seen["MIMALLOC_ARENA_MAX_OBJECT_SIZE"] == bench.MIMALLOC_SETTINGS["MIMALLOC_ARENA_MAX_OBJECT_SIZE"]
+    assert seen["MIMALLOC_PURGE_DELAY"] == "250"
 
 
 def test_parameters_identical_whichever_path():

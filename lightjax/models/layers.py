@@ -136,29 +136,34 @@ class BatchNorm(nn.Module):
         stats_dtype = jnp.promote_types(self.param_dtype, jnp.float32)
         ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((features,), stats_dtype))
         ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((features,), stats_dtype))
+        scale = self.param("scale", self.scale_init, (features,), self.param_dtype) if self.use_scale else None
+        bias = self.param("bias", self.bias_init, (features,), self.param_dtype) if self.use_bias else None
+        xs_acc = [p.astype(jnp.promote_types(p.dtype, jnp.float32)) for p in xs]  # float32, or float64 under x64
         if use_running_average:
-            mean, var = ra_mean.value, ra_var.value
+            mul = jax.lax.rsqrt(ra_var.value + self.epsilon)
+            if scale is not None:
+                mul = mul * scale
+            shift = -ra_mean.value * mul
+            if bias is not None:
+                shift = shift + bias
+            out = [p * k + b for p, k, b in zip(xs_acc, split_like(mul, xs), split_like(shift, xs))]
         else:
-            stats = []
-            for p in xs:
-                pf = p.astype(jnp.promote_types(p.dtype, jnp.float32))  # float32, or float64 under x64
-                mu = jnp.mean(pf, axis=reduce_axes)
-                stats.append((mu, jnp.mean(jnp.square(pf - mu), axis=reduce_axes)))
-            mean, var = (jnp.concatenate(s) if len(s) > 1 else s[0] for s in zip(*stats))
+            # Per channel part: the statistics are per channel, so parts never mix (ops.batch_norm_train has
+            # the analytic gradient).
+            acc = xs_acc[0].dtype
+            k = jnp.ones((features,), acc) if scale is None else scale.astype(acc)
+            b = jnp.zeros((features,), acc) if bias is None else bias.astype(acc)
+            results = [ops.batch_norm_train(p, kp, bp, self.epsilon)
+                       for p, kp, bp in zip(xs_acc, split_like(k, xs), split_like(b, xs))]
+            out = [r[0] for r in results]
             if not self.is_initializing():
+                mean, var = (jnp.concatenate(s) if len(s) > 1 else s[0] for s in zip(*[r[1:] for r in results]))
                 n = xs[0].size // xs[0].shape[-1]
                 unbiased = var * (n / max(n - 1, 1))
                 m = self.momentum
                 for ra, stat in ((ra_mean, mean), (ra_var, unbiased)):
                     ra.value = (m * ra.value + (1.0 - m) * jax.lax.stop_gradient(stat)).astype(ra.value.dtype)
-        mul = jax.lax.rsqrt(var + self.epsilon)
-        if self.use_scale:
-            mul = mul * self.param("scale", self.scale_init, (features,), self.param_dtype)
-        shift = -mean * mul
-        if self.use_bias:
-            shift = shift + self.param("bias", self.bias_init, (features,), self.param_dtype)
-        out = [(p.astype(jnp.promote_types(p.dtype, jnp.float32)) * k + b).astype(self.dtype or p.dtype)
-               for p, k, b in zip(xs, split_like(mul, xs), split_like(shift, xs))]
+        out = [o.astype(self.dtype or p.dtype) for o, p in zip(out, xs)]
         return out if parts is not None else out[0]
 
 
