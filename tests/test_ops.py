@@ -588,6 +588,40 @@ def test_bench_retries_a_killed_row_at_half_the_batch(monkeypatch):
     assert "error" in bench._run_row("broken", args) and calls == [32]
 
 
+def test_bench_median_over_processes(monkeypatch):
+    """``--processes 3``: each figure is the median over the fresh processes, the ratio the median of the
+    per-process ratios (listed, with their range in the notes); later processes start at the batch the first
+    one settled on; a process that failed is left out."""
+    import argparse
+
+    from lightjax import bench
+
+    calls, ratios = [], iter([(0.8, 0.7), (1.1, 0.6), (None, None), (0.9, 0.75)])
+
+    def fake(name, args):
+        calls.append(args.batch)
+        ri, rt = next(ratios)
+        if ri is None:
+            return {"model": name, "error": "exit 1"}
+        return {"model": name, "batch": 8, "size": 299, "torch_ref": "ref", "jax_infer": 10.0 * ri,
+                "torch_infer": 10.0, "torch_infer_fmt": "cl", "ratio_infer": ri, "jax_train": 2.0 * rt,
+                "torch_train": 2.0, "torch_train_fmt": "nchw", "ratio_train": rt, "compile_train_s": 5.0 + ri,
+                "note": "batch 32 killed (out of memory?): ran at batch 8"}
+
+    monkeypatch.setattr(bench, "_run_row", fake)
+    row = bench._run_row_processes("x", argparse.Namespace(batch=32, processes=4))
+    assert calls == [32, 8, 8, 8]
+    assert row["ratios_infer"] == [0.8, 1.1, 0.9] and row["ratio_infer"] == 0.9 and row["ratio_train"] == 0.7
+    assert row["jax_infer"] == 9.0 and row["compile_train_s"] == 5.9 and row["torch_train_fmt"] == "nchw"
+    assert row["note_processes"] == "median of 3 processes (infer ratio 0.80-1.10x; train ratio 0.60-0.75x)"
+    text = bench.table([row], memory=False)
+    assert "| x | 299 (batch 8) | 9.0 | 10.0 (cl) | 0.90x |" in text and "median of 3 processes" in text
+    ratios = iter([(0.8, 0.7)])
+    calls.clear()
+    assert bench._run_row_processes("x", argparse.Namespace(batch=32, processes=1))["ratio_infer"] == 0.8
+    assert calls == [32]
+
+
 def test_bench_stops_a_child_over_the_memory_limit():
     """A benchmark child whose resident memory passes the limit is killed at once (not left to thrash near the
     RAM limit) and reported as stopped with the size it had reached; a child under the limit runs to the end."""
