@@ -503,7 +503,22 @@ def _bench_here(name: str, args) -> Dict[str, Any]:
 
     row = bench_model(name, args.batch, args.size, args.repeats, args.device, not args.no_torch, args.quick)
     row["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    thp = _anon_huge_pages_mib()
+    if thp is not None:
+        row["anon_huge_pages_mib"] = thp
     return row
+
+
+def _anon_huge_pages_mib() -> Optional[float]:
+    """This process's transparent-huge-page-backed memory (Linux), a clue when a row is an outlier."""
+    try:
+        with open("/proc/self/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("AnonHugePages:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 #: A row whose process peaked above this share of the machine's RAM is re-run at half the batch: Xception65 at
@@ -576,6 +591,8 @@ def _run_row_processes(name: str, args) -> Dict[str, Any]:
     spread = "; ".join(f"{mode} ratio {min(out[f'ratios_{mode}']):.2f}-{max(out[f'ratios_{mode}']):.2f}x"
                        for mode in ("infer", "train") if f"ratios_{mode}" in out)
     out["note_processes"] = f"median of {len(rows)} processes ({spread})"
+    keep = ("jax_infer", "torch_infer", "jax_train", "torch_train", "peak_rss_mib", "anon_huge_pages_mib")
+    out["processes"] = [{k: r[k] for k in keep if k in r} for r in rows]
     return out
 
 
