@@ -41,6 +41,9 @@ Formulations (picked per backend by :func:`conv_impl`):
       depthwise taps) combined in one fused loop (5x faster than
       ``reduce_window`` here), max-pool gradient to the first maximum of each window (PyTorch's rule).
 
+    On every backend, train-mode BatchNorm (:func:`batch_norm_train`) has the textbook gradient as a custom VJP
+    (two reductions and one elementwise pass, fewer than autodiff of the two-pass statistics).
+
     Everything is plain ``jnp``/``lax`` (plus ``jax.custom_vjp``), so ``jit``, ``grad`` and SPMD sharding
     of the batch work as with ``lax.conv``. Low-precision inputs (bfloat16/float16) are accumulated in float32
     and cast back to the input dtype, like ``lax.conv`` on CPU.
