@@ -97,6 +97,11 @@ CASES = {
     "stem3_s2_nopad": ((2, 9, 11, 3), (3, 3, 3, 8), 2, 0, 1, 1),
     "stem7_s2": ((2, 13, 11, 3), (7, 7, 3, 8), 2, 3, 1, 1),
     "stem_1ch": ((2, 8, 8, 1), (3, 3, 1, 4), 1, 1, 2, 1),
+    # depthwise with C a multiple of 16, stride 1: inference runs the (N, H, W*C) row formulation
+    "dw16_rows": ((2, 7, 9, 16), (3, 3, 1, 16), 1, 1, 1, 16),
+    "dw32_rows_dil2": ((2, 9, 8, 32), (3, 3, 1, 32), 1, 2, 2, 32),
+    "dw16_rows_5x5_asym": ((1, 8, 10, 16), (5, 5, 1, 16), 1, ((2, 1), (0, 2)), 1, 16),
+    "dw_rows_mult2": ((2, 6, 7, 8), (3, 3, 1, 16), 1, 1, 1, 8),
     # dense kxk with many channels (lax.conv), grouped kxk (lax.conv)
     "dense3": ((2, 9, 11, 8), (3, 3, 8, 8), 1, 1, 1, 1),
     "dense3_s2_dil": ((2, 13, 10, 6), (3, 3, 6, 5), 2, 2, 2, 1),
@@ -119,7 +124,8 @@ def test_cpu_formulation_matches_xla_float32(case):
     assert rel(dk1, dk0) < 1e-5, case
 
 
-@pytest.mark.parametrize("case", ["dw_s2_odd", "dw_dil2", "gpw_g3", "pw_s2", "stem3_s2", "dense3", "dense3_s2_dil"])
+@pytest.mark.parametrize("case", ["dw_s2_odd", "dw_dil2", "gpw_g3", "pw_s2", "stem3_s2", "dense3", "dense3_s2_dil",
+                                  "dw16_rows", "dw32_rows_dil2", "dw16_rows_5x5_asym", "dw_rows_mult2"])
 def test_cpu_formulation_float64_exact(case):
     shape, kshape, stride, padding, dilation, groups = CASES[case]
     with jax.enable_x64(True):
@@ -131,6 +137,26 @@ def test_cpu_formulation_float64_exact(case):
         assert y1.dtype == jnp.float64 and dk1.dtype == jnp.float64
         for a, b in ((y1, y0), (dx1, dx0), (dk1, dk0)):
             assert rel(a, b) < 1e-12, case
+
+
+def test_depthwise_row_formulation_runs_only_where_chosen(monkeypatch):
+    """The (N, H, W*C) depthwise rows run for inference with stride 1 and C a multiple of
+    ``DW_ROWS_CHANNEL_MULTIPLE``, never under differentiation, never for C = 58 (ShuffleNet v2's width) or
+    stride 2; the CPU/XLA equality of every case is checked by the tests above."""
+    calls = []
+    real = ops._depthwise_fwd_rows
+    monkeypatch.setattr(ops, "_depthwise_fwd_rows", lambda *a: calls.append(a[0].shape) or real(*a))
+    ops.set_conv_impl("cpu")
+
+    def run(c, stride=1, grad=False):
+        x, k = jnp.ones((1, 6, 6, c)), jnp.ones((3, 3, 1, c))
+        f = lambda x: jnp.sum(ops.conv2d(x, k, stride=stride, padding=1, groups=c))  # noqa: E731
+        jax.jit(jax.grad(f) if grad else f).lower(x)
+        n, calls[:] = len(calls), []
+        return n
+
+    assert run(32) == 1 and run(16 * 3) == 1
+    assert run(32, grad=True) == 0 and run(58) == 0 and run(32, stride=2) == 0
 
 
 @pytest.mark.parametrize("case", ["dw_s2_odd", "pw", "gpw_g3", "stem3_s2", "dw_dil2", "dense3"])

@@ -639,8 +639,10 @@ def _tap_windows(x, kh, kw, stride, pads, dilation, pad_value=0):
     return windows, hstarts, wstarts
 
 
-def _depthwise_fwd_math(x, k, stride, pads, dilation):
-    kh, kw, _ = k.shape
+def _depthwise_fwd_math(x, k, stride, pads, dilation, rows=False):
+    kh, kw, c = k.shape
+    if rows and DW_ROWS_MERGED and tuple(stride) == (1, 1) and c % DW_ROWS_CHANNEL_MULTIPLE == 0:
+        return _depthwise_fwd_rows(x, k, pads, dilation)
     windows, hstarts, wstarts = _tap_windows(x, kh, kw, stride, pads, dilation)
     y = None
     for i, hs in enumerate(hstarts):
@@ -648,6 +650,36 @@ def _depthwise_fwd_math(x, k, stride, pads, dilation):
             t = windows(hs, ws) * k[i, j]
             y = t if y is None else y + t
     return y
+
+
+#: Inference (not differentiated) stride-1 depthwise over rows of ``W*C`` (:func:`_depthwise_fwd_rows`) when C is
+#: a multiple of this (a 64-byte vector of float32: with C = 58/116/232, ShuffleNet v2's widths, the tiled kernel
+#: row straddles vectors and the whole model ran 17% slower); ``DW_ROWS_MERGED`` is a switch for A/B runs.
+DW_ROWS_CHANNEL_MULTIPLE = 16
+DW_ROWS_MERGED = True
+
+
+def _depthwise_fwd_rows(x, k, pads, dilation):
+    """Stride-1 depthwise taps on the padded input viewed as ``(N, H, W*C)``: a shift along W is an offset of
+    whole channel groups, so every tap is one slice with a long contiguous minor axis (the kernel row tiled
+    along it) instead of a (W, C) window whose minor axis is C. XLA:CPU vectorises that loop better: with the
+    following BatchNorm + ReLU6, batch 32, ms: 112²x32 7.14 -> 5.55, 56²x128 7.39 -> 6.15, 28²x256 3.70 -> 3.08,
+    14²x512 2.17 -> 1.57, 7²x1024 1.97 -> 1.33; batch 8, 19²x728 1.35 -> 1.41. Whole forward, batch 32, both
+    variants in one process (median of 15): MobileNetV1 141.1 -> 130.3 ms, V2 124.9 -> 113.0, V3-large 101.3 ->
+    95.8, ShuffleNet v1 g3 85.3-93.5 -> 87.4-91.7 (neutral)."""
+    n, h, w, c = x.shape
+    kh, kw, _ = k.shape
+    ho = _out_size(h, kh, 1, pads[0], dilation[0])
+    wo = _out_size(w, kw, 1, pads[1], dilation[1])
+    xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+    rows = xp.reshape(n, xp.shape[1], xp.shape[2] * c)
+    y = None
+    for i in range(kh):
+        for j in range(kw):
+            hs, ws = i * dilation[0], j * dilation[1] * c
+            t = lax.slice(rows, (0, hs, ws), (n, hs + ho, ws + wo * c)) * jnp.tile(k[i, j], wo)
+            y = t if y is None else y + t
+    return y.reshape(n, ho, wo, c)
 
 
 def _few_channel_conv_math(x, kernel, stride, pads, dilation):
@@ -669,7 +701,9 @@ def _few_channel_conv_math(x, kernel, stride, pads, dilation):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def _depthwise(x, k, stride, pads, dilation):
-    return _depthwise_fwd_math(x, k, stride, pads, dilation)
+    # Not differentiated (inference): the row formulation where it is faster. Under differentiation the
+    # forward keeps the (N, H, W, C) windows: with rows, whole MobileNetV1/V2 train steps ran 12-13% slower.
+    return _depthwise_fwd_math(x, k, stride, pads, dilation, rows=True)
 
 
 def _depthwise_fwd(x, k, stride, pads, dilation):
