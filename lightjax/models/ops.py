@@ -16,7 +16,8 @@ Formulations (picked per backend by :func:`conv_impl`):
 
     * pointwise (1x1, groups 1): one matrix product on ``(N*H*W, C)`` with a custom VJP whose weight gradient
       contracts the flattened ``N*H*W`` axis directly (autodiff made XLA transpose whole activations);
-    * depthwise (``groups == C_in``): ``kh*kw`` shifted multiply-adds on the padded NHWC input, with a custom
+    * depthwise (``groups == C_in``): ``kh*kw`` shifted multiply-adds on the padded NHWC input (for inference
+      with stride 1 and C a multiple of 16, on rows of ``W*C``: one long slice per tap), with a custom
       VJP: input gradient as shifted multiply-adds of the output gradient (one polyphase component per
       stride phase, no zero-dilated gradient), weight gradient as ONE variadic reduction over W' for all
       taps (one pass over x and dy, 3x faster than a reduction per tap) then a small sum;
