@@ -511,10 +511,15 @@ def _bench_here(name: str, args) -> Dict[str, Any]:
 
 def _anon_huge_pages_mib() -> Optional[float]:
     """This process's transparent-huge-page-backed memory (Linux), a clue when a row is an outlier."""
+    return _proc_mib("/proc/self/smaps_rollup", "AnonHugePages:")
+
+
+def _proc_mib(path: str, field: str) -> Optional[float]:
+    """A ``<field> <n> kB`` line of a Linux ``/proc`` file, in MiB; None where unavailable."""
     try:
-        with open("/proc/self/smaps_rollup") as f:
+        with open(path) as f:
             for line in f:
-                if line.startswith("AnonHugePages:"):
+                if line.startswith(field):
                     return int(line.split()[1]) / 1024
     except (OSError, ValueError, IndexError):
         pass
@@ -625,14 +630,7 @@ def _run_row_at(name: str, args, batch: int) -> Dict[str, Any]:
 
 def _rss_mib_of(pid: int) -> Optional[float]:
     """Resident set size of process ``pid`` in MiB (Linux ``/proc``), or None where unavailable."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
+    return _proc_mib(f"/proc/{pid}/status", "VmRSS:")
 
 
 class _RssWatch:
