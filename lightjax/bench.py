@@ -589,8 +589,7 @@ def _run_row_processes(name: str, args) -> Dict[str, Any]:
     for mode in ("infer", "train"):
         ratios = [r[f"ratio_{mode}"] for r in rows if f"ratio_{mode}" in r]
         if ratios:
-            out[f"ratios_{mode}"] = ratios
-            out[f"ratio_{mode}"] = statistics.median(ratios)
+            out[f"ratios_{mode}"] = ratios  # ratio_{mode} itself is already the median (loop above)
             fmts = [r[f"torch_{mode}_fmt"] for r in rows]
             out[f"torch_{mode}_fmt"] = max(set(fmts), key=fmts.count)
     spread = "; ".join(f"{mode} ratio {min(out[f'ratios_{mode}']):.2f}-{max(out[f'ratios_{mode}']):.2f}x"

@@ -129,7 +129,6 @@ class BatchNorm(nn.Module):
         parts = list(x) if isinstance(x, (list, tuple)) else None
         xs = parts if parts is not None else [x]
         features = sum(p.shape[-1] for p in xs)
-        reduce_axes = tuple(range(xs[0].ndim - 1))
         # Running statistics are float32 (float64 with float64 parameters) and keep the dtype they were stored
         # with: an update that changed it would change the train state's types after the first step, and
         # ``jit`` would trace and compile the train step a second time.

@@ -1072,19 +1072,15 @@ def batch_norm_train(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: f
     return _batch_norm_train(x, scale, bias, epsilon)
 
 
-def _bn_stats(x):
-    axes = tuple(range(x.ndim - 1))
-    mean = jnp.mean(x, axis=axes)
-    return mean, jnp.mean(jnp.square(x - mean), axis=axes)
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def _batch_norm_train(x, scale, bias, epsilon):
     return _batch_norm_train_fwd(x, scale, bias, epsilon)[0]
 
 
 def _batch_norm_train_fwd(x, scale, bias, epsilon):
-    mean, var = _bn_stats(x)
+    axes = tuple(range(x.ndim - 1))
+    mean = jnp.mean(x, axis=axes)
+    var = jnp.mean(jnp.square(x - mean), axis=axes)  # two-pass
     inv = lax.rsqrt(var + epsilon)
     mul = inv * scale
     return (x * mul + (bias - mean * mul), mean, var), (x, mean, inv, scale)
