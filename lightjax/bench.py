@@ -11,8 +11,8 @@ For each model it prints one table row: inference img/s and training-step img/s 
 cross-entropy, train-mode BatchNorm) for lightjax and for PyTorch eager (the better of NCHW and channels_last),
 their ratio, the first-call compile time of lightjax (AOT lower + compile of the train step, and of the
 forward), and the peak RSS of a train step for each side (``--memory``, separate processes). Every timing is
-the median of ``--repeats`` (>= 5 by default) runs taken in the same process, alternating lightjax and torch;
-each model runs in a fresh process unless ``--in-process`` (or ``--quick``), in ``--processes N`` of them if
+the median of ``--repeats`` (>= 5 by default) runs taken in the same process, alternating lightjax and torch
+(each timed run preceded by an untimed run of the same side: ``_switch_in_and_time``); each model runs in a fresh process unless ``--in-process`` (or ``--quick``), in ``--processes N`` of them if
 asked (each figure then the median over the processes: on this VM whole-process ratios moved by 20-25% between
 runs of the same tree, more than within a process; the README table uses 3). A model whose process is killed
 (out of memory) or peaks above ``MEMORY_PRESSURE_SHARE`` (70%) of the machine's RAM is re-run at half the batch
@@ -301,6 +301,21 @@ def _timed(fn: Callable[[], Any]) -> float:
     return time.perf_counter() - t0
 
 
+def _switch_in_and_time(fn: Callable[[], Any], n_sides: int) -> float:
+    """Runs ``fn`` once untimed, then times it: each sample follows a run of the same framework.
+
+    Why: after each PyTorch call its OpenMP worker keeps spinning (libgomp's default ``GOMP_SPINCOUNT``, a few ms
+    on this CPU) on one of the two cores, so whichever side runs right after torch starts on half the machine.
+    Paired measurements (20 rounds of torch, lightjax, lightjax): the lightjax call right after torch was 2.0 /
+    5.6 / 4.2 ms slower than the next one (SqueezeNet 1.1 / MobileNetV1 / ShuffleNet v2 inference, 3-7%); torch
+    right after lightjax +0.4 / +0.1 / +1.4 ms. The untimed run absorbs that for both sides; the sides still
+    alternate, so slow drifts of the VM hit both. With one side (``--no-torch``) there is nothing to absorb.
+    """
+    if n_sides > 1:
+        fn()
+    return _timed(fn)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # The two sides.
 # ----------------------------------------------------------------------------------------------------------
@@ -447,12 +462,12 @@ def bench_model(name: str, batch: int, size: Optional[int], repeats: int, device
             ts.infer()
             ts.train()
             tsides[fmt] = ts
+    sides = [("jax", jx)] + [(f"torch_{fmt}", ts) for fmt, ts in tsides.items()]
     samples: Dict[str, List[float]] = {}
     for mode in ("infer", "train"):
         for _ in range(repeats):
-            samples.setdefault(f"jax_{mode}", []).append(_timed(getattr(jx, mode)))
-            for fmt, ts in tsides.items():
-                samples.setdefault(f"torch_{fmt}_{mode}", []).append(_timed(getattr(ts, mode)))
+            for key, side in sides:
+                samples.setdefault(f"{key}_{mode}", []).append(_switch_in_and_time(getattr(side, mode), len(sides)))
     for key, vals in samples.items():
         row[key] = batch / statistics.median(vals)
     for mode in ("infer", "train"):
@@ -707,8 +722,8 @@ def header(args) -> str:
     lines.append(f"lightjax jit compiler_options (lightjax.compiler_options()): {ops.compiler_options() or '(none)'}")
     procs = getattr(args, "processes", 1)
     per_proc = f"; each row the median over {procs} fresh processes" if procs > 1 and not args.in_process else ""
-    lines.append(f"batch {args.batch}, float32, median of {args.repeats} alternating runs{per_proc}; torch = best "
-                 f"of NCHW and channels_last eager; ratio = lightjax / torch")
+    lines.append(f"batch {args.batch}, float32, median of {args.repeats} alternating runs (each after an untimed run "
+                 f"of the same side){per_proc}; torch = best of NCHW and channels_last eager; ratio = lightjax / torch")
     return "\n".join(lines)
 
 

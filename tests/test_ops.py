@@ -141,7 +141,7 @@ def test_cpu_formulation_float64_exact(case):
 
 def test_depthwise_row_formulation_runs_only_where_chosen(monkeypatch):
     """The (N, H, W*C) depthwise rows run for inference with stride 1 and C a multiple of
-    ``DW_ROWS_CHANNEL_MULTIPLE``, never under differentiation, never for C = 58 (ShuffleNet v2's width) or
+    ``DW_ROWS_CHANNEL_MULTIPLE``, never under differentiation, never for C = 58 / 116 (ShuffleNet v2's widths) or
     stride 2; the CPU/XLA equality of every case is checked by the tests above."""
     calls = []
     real = ops._depthwise_fwd_rows
@@ -155,8 +155,8 @@ def test_depthwise_row_formulation_runs_only_where_chosen(monkeypatch):
         n, calls[:] = len(calls), []
         return n
 
-    assert run(32) == 1 and run(16 * 3) == 1
-    assert run(32, grad=True) == 0 and run(58) == 0 and run(32, stride=2) == 0
+    assert run(32) == 1 and run(16 * 3) == 1 and run(72) == 1  # 72: a MobileNetV3 expansion width
+    assert run(32, grad=True) == 0 and run(58) == 0 and run(116) == 0 and run(32, stride=2) == 0
 
 
 @pytest.mark.parametrize("case", ["dw_s2_odd", "pw", "gpw_g3", "stem3_s2", "dw_dil2", "dense3"])
@@ -581,6 +581,62 @@ def test_bench_quick_prints_table():
     assert "allocator:" in out and "jax " in out
     assert "| model | size | infer lj |" in out
     assert "| squeezenet1_1 | 64 |" in out
+
+
+def test_bench_times_each_side_after_a_run_of_the_same_side(monkeypatch):
+    """Sides alternate, and every timed run follows an untimed run of the same side (torch's spinning OpenMP
+    worker would otherwise steal a core from whichever side runs right after it); the figures come from the
+    timed runs only."""
+    import time
+
+    from lightjax import bench, convert
+
+    calls = []
+
+    class Side:
+        def __init__(self, label, per_call_s):
+            self.label, self.per_call_s, self.n = label, per_call_s, 0
+
+        def _run(self, mode):
+            calls.append((self.label, mode))
+            self.n += 1
+            time.sleep(0.05 if self.n % 2 else self.per_call_s)  # the untimed (odd) runs are the slow ones
+
+        def infer(self):
+            self._run("infer")
+
+        def train(self):
+            self._run("train")
+
+    class Ref:
+        def eval(self):
+            return self
+
+        def state_dict(self):
+            return {}
+
+    def fake_jax(name, variables, kwargs, batch, size):
+        side = Side("jax", 0.001)
+        side.compile = lambda: (0.0, 0.0)
+        return side
+
+    monkeypatch.setattr(bench, "torch_reference", lambda name: (Ref(), "x", {}, "ref"))
+    monkeypatch.setattr(convert, "from_torch", lambda *a, **k: {})
+    monkeypatch.setattr(bench, "JaxSide", fake_jax)
+    monkeypatch.setattr(bench, "TorchSide", lambda m, fmt, batch, size, device: Side(f"torch_{fmt}", 0.002))
+    row = bench.bench_model("squeezenet1_1", 4, 32, 3, False, True, False)
+    timed = [c for c in calls if c[1] in ("infer", "train")]
+    # Set-up runs (first train step, one infer, one infer+train per torch side), then per mode and round each
+    # side twice in a row, sides in turn.
+    loop = timed[-2 * 3 * 3 * 2:]
+    for mode, block in (("infer", loop[:18]), ("train", loop[18:])):
+        assert block == [(lab, mode) for _ in range(3) for lab in ("jax", "torch_nchw", "torch_cl") for _ in (0, 1)]
+    assert row["jax_infer"] == pytest.approx(4 / 0.001, rel=0.6)  # the 0.05 s untimed runs never count
+    assert row["torch_train"] == pytest.approx(4 / 0.002, rel=0.6)
+    assert 0.7 < row["ratio_infer"] * 0.5 < 1.3
+
+    one = []
+    assert bench._switch_in_and_time(lambda: one.append(1), 1) >= 0 and one == [1]
 
 
 def test_bench_retries_a_killed_row_at_half_the_batch(monkeypatch):

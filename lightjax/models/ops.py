@@ -17,7 +17,7 @@ Formulations (picked per backend by :func:`conv_impl`):
     * pointwise (1x1, groups 1): one matrix product on ``(N*H*W, C)`` with a custom VJP whose weight gradient
       contracts the flattened ``N*H*W`` axis directly (autodiff made XLA transpose whole activations);
     * depthwise (``groups == C_in``): ``kh*kw`` shifted multiply-adds on the padded NHWC input (for inference
-      with stride 1 and C a multiple of 16, on rows of ``W*C``: one long slice per tap), with a custom
+      with stride 1 and C a multiple of 8, on rows of ``W*C``: one long slice per tap), with a custom
       VJP: input gradient as shifted multiply-adds of the output gradient (one polyphase component per
       stride phase, no zero-dilated gradient), weight gradient as ONE variadic reduction over W' for all
       taps (one pass over x and dy, 3x faster than a reduction per tap) then a small sum;
@@ -654,9 +654,11 @@ def _depthwise_fwd_math(x, k, stride, pads, dilation, rows=False):
 
 
 #: Inference (not differentiated) stride-1 depthwise over rows of ``W*C`` (:func:`_depthwise_fwd_rows`) when C is
-#: a multiple of this (a 64-byte vector of float32: with C = 58/116/232, ShuffleNet v2's widths, the tiled kernel
-#: row straddles vectors and the whole model ran 17% slower); ``DW_ROWS_MERGED`` is a switch for A/B runs.
-DW_ROWS_CHANNEL_MULTIPLE = 16
+#: a multiple of this (a 32-byte AVX vector of float32). Whole forwards in one process, 16 -> 8 (medians of 12):
+#: MobileNetV3-large (72/120/184/200 channels join) 86.8/87.7 -> 84.7 ms and 85.7/89.1 -> 85.0, Xception65 (728)
+#: 632 -> 628 ms, ShuffleNet v2 (only its 232 joins) 59.3 -> 59.2. With C = 58/116 the tiled kernel row
+#: straddles vectors: ShuffleNet v2 with those on rows ran 17% slower. ``DW_ROWS_MERGED`` is a switch for A/Bs.
+DW_ROWS_CHANNEL_MULTIPLE = 8
 DW_ROWS_MERGED = True
 
 
