@@ -590,12 +590,14 @@ def _run_row_processes(name: str, args) -> Dict[str, Any]:
     first = _run_row(name, args)
     if args.processes <= 1 or "error" in first:
         return first
-    rows = [first]
+    rows, dropped = [first], []
     later = argparse.Namespace(**{**vars(args), "batch": first["batch"]})
     for _ in range(args.processes - 1):
         row = _run_row(name, later)
         if "error" not in row and row["batch"] == first["batch"]:
             rows.append(row)
+        else:  # not comparable with the others: left out of the medians, and the row says why
+            dropped.append(row.get("error") or row.get("note") or f"ran at batch {row['batch']}")
     out = dict(first)
     for key, val in first.items():
         vals = [r[key] for r in rows if isinstance(r.get(key), (int, float)) and not isinstance(r.get(key), bool)]
@@ -610,6 +612,8 @@ def _run_row_processes(name: str, args) -> Dict[str, Any]:
     spread = "; ".join(f"{mode} ratio {min(out[f'ratios_{mode}']):.2f}-{max(out[f'ratios_{mode}']):.2f}x"
                        for mode in ("infer", "train") if f"ratios_{mode}" in out)
     out["note_processes"] = f"median of {len(rows)} processes ({spread})"
+    if dropped:
+        out["note_processes"] += f"; {len(dropped)} of {args.processes} left out: " + "; ".join(dropped)
     keep = ("jax_infer", "torch_infer", "jax_train", "torch_train", "peak_rss_mib", "anon_huge_pages_mib")
     out["processes"] = [{k: r[k] for k in keep if k in r} for r in rows]
     return out

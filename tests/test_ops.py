@@ -673,7 +673,7 @@ def test_bench_retries_a_killed_row_at_half_the_batch(monkeypatch):
 def test_bench_median_over_processes(monkeypatch):
     """``--processes 3``: each figure is the median over the fresh processes, the ratio the median of the
     per-process ratios (listed, with their range in the notes); later processes start at the batch the first
-    one settled on; a process that failed is left out."""
+    one settled on; a process that failed is left out, and the notes say so."""
     import argparse
 
     from lightjax import bench
@@ -695,7 +695,8 @@ def test_bench_median_over_processes(monkeypatch):
     assert calls == [32, 8, 8, 8]
     assert row["ratios_infer"] == [0.8, 1.1, 0.9] and row["ratio_infer"] == 0.9 and row["ratio_train"] == 0.7
     assert row["jax_infer"] == 9.0 and row["compile_train_s"] == 5.9 and row["torch_train_fmt"] == "nchw"
-    assert row["note_processes"] == "median of 3 processes (infer ratio 0.80-1.10x; train ratio 0.60-0.75x)"
+    assert row["note_processes"] == ("median of 3 processes (infer ratio 0.80-1.10x; train ratio 0.60-0.75x); "
+                                     "1 of 4 left out: exit 1")
     text = bench.table([row], memory=False)
     assert "| x | 299 (batch 8) | 9.0 | 10.0 (cl) | 0.90x |" in text and "median of 3 processes" in text
     ratios = iter([(0.8, 0.7)])
