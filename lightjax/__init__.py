@@ -1,11 +1,11 @@
 """lightjax: lightweight CNNs in JAX/Flax with exact PyTorch checkpoint ports."""
 
-from typing import Dict, Optional
+from typing import Any, Dict, Optional
 
 __version__ = "0.1.0"
 
 
-def compiler_options(backend: Optional[str] = None) -> Dict[str, str]:
+def compiler_options(backend: Optional[str] = None) -> Dict[str, Any]:
     """XLA compile options recommended for lightjax models; see :func:`lightjax.models.ops.compiler_options`."""
     from lightjax.models.ops import compiler_options as _options
 

@@ -766,8 +766,8 @@ def test_parameters_identical_whichever_path():
 
 
 def test_compiler_options(monkeypatch):
-    """lightjax.compiler_options(): {} off CPU or when XLA_FLAGS already decides; on CPU, dense convolutions
-    leave YNNPACK (fewer YNN fusions in the compiled program) and the values do not change."""
+    """lightjax.compiler_options(): {} off CPU; an option XLA_FLAGS already sets is left out; on CPU, dense
+    convolutions leave YNNPACK (fewer YNN fusions in the compiled program) and the values do not change."""
     import warnings
 
     import lightjax
@@ -777,8 +777,10 @@ def test_compiler_options(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the acceptance probe must not itself warn (e.g. a deprecated jit arg)
         opts = lightjax.compiler_options("cpu")
-    assert set(opts) == {"xla_cpu_experimental_ynn_fusion_type"}, opts
-    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=")
+    assert set(opts) == {"xla_cpu_experimental_ynn_fusion_type", "xla_cpu_prefer_vector_width"}, opts
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=")  # the user's flag wins, the rest stays
+    assert lightjax.compiler_options("cpu") == {"xla_cpu_prefer_vector_width": 512}
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type= --xla_cpu_prefer_vector_width=256")
     assert lightjax.compiler_options("cpu") == {}
     monkeypatch.delenv("XLA_FLAGS")
 
