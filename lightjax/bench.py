@@ -12,9 +12,10 @@ cross-entropy, train-mode BatchNorm) for lightjax and for PyTorch eager (the bet
 their ratio, the first-call compile time of lightjax (AOT lower + compile of the train step, and of the
 forward), and the peak RSS of a train step for each side (``--memory``, separate processes). Every timing is
 the median of ``--repeats`` (>= 5 by default) runs taken in the same process, alternating lightjax and torch
-(each timed run preceded by an untimed run of the same side: ``_switch_in_and_time``); each model runs in a fresh process unless ``--in-process`` (or ``--quick``), in ``--processes N`` of them if
-asked (each figure then the median over the processes: on this VM whole-process ratios moved by 20-25% between
-runs of the same tree, more than within a process; the README table uses 3). A model whose process is killed
+(each timed run preceded by an untimed run of the same side: ``_switch_in_and_time``); each model runs in a
+fresh process unless ``--in-process`` (or ``--quick``), in ``--processes N`` of them if asked (each figure
+then the median over the processes: on this VM whole-process ratios moved by 20-25% between runs of the same
+tree, more than within a process; the README table uses 3). A model whose process is killed
 (out of memory) or peaks above ``MEMORY_PRESSURE_SHARE`` (70%) of the machine's RAM is re-run at half the batch
 (Xception65 at 299 px on a 24 GiB machine: batch 32 killed, 16 thrashing, 8 measured); its row says so.
 

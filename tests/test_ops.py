@@ -97,7 +97,7 @@ CASES = {
     "stem3_s2_nopad": ((2, 9, 11, 3), (3, 3, 3, 8), 2, 0, 1, 1),
     "stem7_s2": ((2, 13, 11, 3), (7, 7, 3, 8), 2, 3, 1, 1),
     "stem_1ch": ((2, 8, 8, 1), (3, 3, 1, 4), 1, 1, 2, 1),
-    # depthwise with C a multiple of 16, stride 1: inference runs the (N, H, W*C) row formulation
+    # depthwise with C a multiple of ops.DW_ROWS_CHANNEL_MULTIPLE, stride 1: inference runs the (N, H, W*C) rows
     "dw16_rows": ((2, 7, 9, 16), (3, 3, 1, 16), 1, 1, 1, 16),
     "dw32_rows_dil2": ((2, 9, 8, 32), (3, 3, 1, 32), 1, 2, 2, 32),
     "dw16_rows_5x5_asym": ((1, 8, 10, 16), (5, 5, 1, 16), 1, ((2, 1), (0, 2)), 1, 16),
