@@ -1,4 +1,4 @@
-"""Default: a small CNN on scikit-learn's real handwritten digits, offline, a few minutes on 2 CPU cores.
+"""Default: a small CNN on scikit-learn's real handwritten digits, offline, under a minute on 2 CPU cores.
 
     python -m train --config configs/default.py --workdir /tmp/lightjax_digits
 
@@ -7,7 +7,8 @@ Data: ``lightjax_digits`` (1,797 real 8x8 grey digits shipped with scikit-learn;
 use, upsampled to 32x32 (bilinear), one input channel (``model.in_chans=1``), pad-2 random crop, no flip
 (mirrored digits are not digits). Model ``mobilenet_v1_050``: the seed article's own MobileNet (ReLU,
 ``conv_bn`` stem + 13 depthwise-separable blocks) at width 0.5, from scratch, AdamW, 25 epochs.
-Reaches 96.4% held-out top-1 (347/360) in 2 min 5 s on the idle 2-core machine (docs/training.md).
+Reaches 97.8% held-out top-1 (352/360, final train loss 0.5430) in 34.5 s wall on a 2-vCPU AMD EPYC, dataset
+already prepared (2026-11-30, commit 21c4f7a; README, docs/training.md).
 """
 
 from train.config_base import base_config

@@ -10,19 +10,12 @@ MobileNet default; applied to all kernels), no label smoothing, random resized c
 (not stated in the paper). Reported: 70.6% top-1.
 """
 
-from train.config_base import base_config
+from train.config_base import imagenet_base
 
 
 def get_config():
-    c = base_config()
+    c = imagenet_base()
     c.model.name = "mobilenet_v1_100"
-    c.data.dataset = "imagenet2012"
-    c.data.eval_split = "validation"
-    c.data.num_classes = 1000
-    c.data.image_size = 224
-    c.data.augment = "imagenet"
-    c.data.eval_crop_pct = 0.875
-    c.data.worker_count = 16
     c.batch_size = 1600
     c.num_epochs = 200
     c.optimizer.name = "rmsprop"
@@ -36,6 +29,4 @@ def get_config():
     c.schedule.decay_rate = 0.94
     c.schedule.decay_epochs = 2.0
     c.ema_decay = 0.9999
-    c.log_every_steps = 100
-    c.checkpoint_every_steps = 2000
     return c

@@ -11,22 +11,12 @@ and its ``opt_epsilon=1.0`` are used, with 300 epochs (at decay 0.98/epoch the l
 Reported: 72.0% top-1 (224x224). Needs ``imagenet2012`` prepared as array_record in ``data.data_dir``.
 """
 
-from train.config_base import base_config
+from train.config_base import imagenet_base
 
 
 def get_config():
-    c = base_config()
+    c = imagenet_base()
     c.model.name = "mobilenet_v2_100"
-    c.data.dataset = "imagenet2012"
-    c.data.train_split = "train"
-    c.data.eval_split = "validation"
-    c.data.num_classes = 1000
-    c.data.image_size = 224
-    c.data.augment = "imagenet"
-    c.data.crop_scale = (0.08, 1.0)
-    c.data.flip = True
-    c.data.eval_crop_pct = 0.875
-    c.data.worker_count = 16
     c.batch_size = 1536
     c.num_epochs = 300
     c.optimizer.name = "rmsprop"
@@ -39,7 +29,4 @@ def get_config():
     c.schedule.decay_rate = 0.98
     c.schedule.decay_epochs = 1.0
     c.ema_decay = 0.9999  # TF-slim's moving-average evaluation
-    c.log_every_steps = 100
-    c.checkpoint_every_steps = 2000
-    c.eval_every_steps = 0
     return c

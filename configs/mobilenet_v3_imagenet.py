@@ -9,20 +9,13 @@ Published: 4x4 TPU Pod, synchronous, TensorFlow RMSPropOptimizer with momentum 0
 Inception (random resized crop + flip). Epochs not stated; 600 here. Reported: 75.2% (Large), 67.4% (Small).
 """
 
-from train.config_base import base_config
+from train.config_base import imagenet_base
 
 
 def get_config():
-    c = base_config()
+    c = imagenet_base()
     c.model.name = "mobilenet_v3_large_100"
     c.model.drop_rate = 0.2
-    c.data.dataset = "imagenet2012"
-    c.data.eval_split = "validation"
-    c.data.num_classes = 1000
-    c.data.image_size = 224
-    c.data.augment = "imagenet"
-    c.data.eval_crop_pct = 0.875
-    c.data.worker_count = 16
     c.batch_size = 4096
     c.num_epochs = 600
     c.optimizer.name = "rmsprop"
@@ -35,6 +28,4 @@ def get_config():
     c.schedule.decay_rate = 0.99
     c.schedule.decay_epochs = 3.0
     c.ema_decay = 0.9999
-    c.log_every_steps = 100
-    c.checkpoint_every_steps = 2000
     return c

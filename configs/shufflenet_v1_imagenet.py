@@ -7,20 +7,13 @@ Published: weight decay 4e-5, linear-decay learning-rate policy (0.5 to 0), batc
 0.9 (Caffe-style). Reported: 67.4% top-1 (1.0x, g=3; 32.6% error in the paper's arXiv v2 table).
 """
 
-from train.config_base import base_config
+from train.config_base import imagenet_base
 
 
 def get_config():
-    c = base_config()
+    c = imagenet_base()
     c.model.name = "shufflenet_v1_g3"
-    c.data.dataset = "imagenet2012"
-    c.data.eval_split = "validation"
-    c.data.num_classes = 1000
-    c.data.image_size = 224
-    c.data.augment = "imagenet"
     c.data.crop_scale = (0.25, 1.0)
-    c.data.eval_crop_pct = 0.875
-    c.data.worker_count = 16
     c.batch_size = 1024
     c.num_train_steps = 300_000
     c.optimizer.name = "sgd"
@@ -29,7 +22,5 @@ def get_config():
     c.optimizer.nesterov = False
     c.optimizer.weight_decay = 4e-5
     c.schedule.name = "linear"
-    c.log_every_steps = 100
-    c.checkpoint_every_steps = 2000
     c.eval_every_steps = 10_000
     return c

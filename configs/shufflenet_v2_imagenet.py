@@ -9,19 +9,12 @@ not implemented here). Reported: 69.4% top-1 (1.0x). Requires a registered Shuff
 (``--config.model.name``; default ``shufflenet_v2_x1_0``).
 """
 
-from train.config_base import base_config
+from train.config_base import imagenet_base
 
 
 def get_config():
-    c = base_config()
+    c = imagenet_base()
     c.model.name = "shufflenet_v2_x1_0"
-    c.data.dataset = "imagenet2012"
-    c.data.eval_split = "validation"
-    c.data.num_classes = 1000
-    c.data.image_size = 224
-    c.data.augment = "imagenet"
-    c.data.eval_crop_pct = 0.875
-    c.data.worker_count = 16
     c.batch_size = 1024
     c.num_train_steps = 300_000
     c.optimizer.name = "sgd"
@@ -30,9 +23,6 @@ def get_config():
     c.optimizer.nesterov = False
     c.optimizer.weight_decay = 4e-5
     c.schedule.name = "linear"
-    c.schedule.end_factor = 0.0
     c.label_smoothing = 0.1
-    c.log_every_steps = 100
-    c.checkpoint_every_steps = 2000
     c.eval_every_steps = 10_000
     return c

@@ -10,20 +10,13 @@ crop (here the random resized crop, scale (0.35, 1), as torchvision's reference 
 crop is not implemented). Reported: 57.5% top-1 (1.0); torchvision weights 58.1% (1.0/1.1).
 """
 
-from train.config_base import base_config
+from train.config_base import imagenet_base
 
 
 def get_config():
-    c = base_config()
+    c = imagenet_base()
     c.model.name = "squeezenet1_1"
-    c.data.dataset = "imagenet2012"
-    c.data.eval_split = "validation"
-    c.data.num_classes = 1000
-    c.data.image_size = 224
-    c.data.augment = "imagenet"
     c.data.crop_scale = (0.35, 1.0)
-    c.data.eval_crop_pct = 0.875
-    c.data.worker_count = 16
     c.batch_size = 512
     c.num_train_steps = 170_000
     c.optimizer.name = "sgd"
@@ -32,7 +25,5 @@ def get_config():
     c.optimizer.nesterov = False
     c.optimizer.weight_decay = 2e-4
     c.schedule.name = "linear"
-    c.log_every_steps = 100
-    c.checkpoint_every_steps = 2000
     c.eval_every_steps = 10_000
     return c

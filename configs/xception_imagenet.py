@@ -8,22 +8,16 @@ Published: SGD momentum 0.9, initial lr 0.045, decay rate 0.94 every 2 epochs, w
 setup) and 100 epochs here. Reported: 79.0% top-1.
 """
 
-from train.config_base import base_config
+from train.config_base import imagenet_base
 
 
 def get_config():
-    c = base_config()
+    c = imagenet_base()
     c.model.name = "xception"
     c.model.drop_rate = 0.5
-    c.data.dataset = "imagenet2012"
-    c.data.eval_split = "validation"
-    c.data.num_classes = 1000
     c.data.image_size = 299
-    c.data.augment = "imagenet"
-    c.data.eval_crop_pct = 0.875
     c.data.mean = (0.5, 0.5, 0.5)
     c.data.std = (0.5, 0.5, 0.5)
-    c.data.worker_count = 16
     c.batch_size = 1920
     c.num_epochs = 100
     c.optimizer.name = "sgd"
@@ -35,6 +29,4 @@ def get_config():
     c.schedule.decay_rate = 0.94
     c.schedule.decay_epochs = 2.0
     c.ema_decay = 0.9999
-    c.log_every_steps = 100
-    c.checkpoint_every_steps = 2000
     return c

@@ -9,7 +9,7 @@ size and batch 1:
   convention: no BatchNorm, activation, pooling or residual adds), counted from the model's jaxpr: for each
   ``conv_general_dilated`` equation, output elements × kernel contraction size (``kh·kw·C_in/groups``), for each
   ``dot_general``, output elements × contracted size. The count is taken with the XLA convolution formulation
-  forced (``ops.set_conv_impl('xla')``) so that a backend-specific formulation of depthwise convolutions
+  forced (``with ops.formulation('xla')``) so that a backend-specific formulation of depthwise convolutions
   (shifted multiply-adds on CPU) cannot hide convolutions from it.
 * **MACs (XLA)**: ``jax.jit(forward).lower(...).compile().cost_analysis()['flops'] / 2`` (XLA counts 2 flops
   per multiply-add), compiled with the XLA convolution formulation by default (``conv_impl=None`` compiles the
@@ -26,17 +26,17 @@ size and batch 1:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import sys
 import time
-from typing import Any, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lightjax.models import ops, registry
+from lightjax import ops
+from lightjax.models import registry
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -183,17 +183,6 @@ def count_jaxpr(jaxpr: Any) -> JaxprCount:
     return total
 
 
-@contextlib.contextmanager
-def _conv_impl(impl: Optional[str]) -> Iterator[None]:
-    """Temporarily forces ``ops.set_conv_impl(impl)``, restoring the previous override afterwards."""
-    previous = getattr(ops, "_CONV_IMPL_OVERRIDE", None)
-    ops.set_conv_impl(impl)
-    try:
-        yield
-    finally:
-        ops.set_conv_impl(previous)
-
-
 # ----------------------------------------------------------------------------------------------------------
 # One model.
 # ----------------------------------------------------------------------------------------------------------
@@ -263,7 +252,7 @@ def summarize(name: str, *, xla: bool = True, batch: int = 1, conv_impl: Optiona
         return model.apply(v, inp, train=False)
 
     # The jaxpr is traced with the XLA conv formulation so that every convolution appears as one equation.
-    with _conv_impl("xla"):
+    with ops.formulation("xla"):
         counted = count_jaxpr(jax.make_jaxpr(forward)(variables, x))
     summary = ModelSummary(
         name=name, family=registry.model_family(name), input_size=x.shape[1], params=params,
@@ -273,7 +262,7 @@ def summarize(name: str, *, xla: bool = True, batch: int = 1, conv_impl: Optiona
     if xla:
         # The weights are arguments, not constants, so XLA cannot fold any of the work away.
         start = time.perf_counter()
-        with _conv_impl(conv_impl):
+        with ops.formulation(conv_impl):
             compiled = jax.jit(forward).lower(variables, x).compile()
         summary.compile_s = time.perf_counter() - start
         cost = compiled.cost_analysis()

@@ -25,6 +25,17 @@ sys.path.insert(0, os.path.dirname(__file__))
 jax.config.update("jax_default_matmul_precision", "highest")
 
 
+@pytest.fixture(autouse=True)
+def _private_weights_cache(tmp_path_factory, monkeypatch):
+    """No test reads or writes the user's weights cache (~/.cache/lightjax) or hub cache, or reaches a
+    weights host: each test gets an empty cache of its own and offline hubs unless it sets its own."""
+    root = tmp_path_factory.mktemp("lightjax_cache")
+    monkeypatch.setenv("LIGHTJAX_CACHE", str(root / "lightjax"))
+    monkeypatch.setenv("HF_HOME", str(root / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("LIGHTJAX_WEIGHTS_MIRROR", raising=False)
+
+
 def require(module: str):
     """Imports ``module`` or skips (fails under LIGHTJAX_REQUIRE_TORCH=1)."""
     try:

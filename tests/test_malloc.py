@@ -1,4 +1,4 @@
-"""``lightjax.tune_glibc_malloc``: opt-in glibc settings that keep large blocks mapped between uses (run in
+"""``train.malloc.tune_glibc_malloc``: opt-in glibc settings that keep large blocks mapped between uses (run in
 subprocesses, so the test process keeps its own allocator state)."""
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ pytestmark = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ve
 # its worker threads); prints the minor page faults of the second round.
 _PROBE = textwrap.dedent("""
     import ctypes, resource, sys, threading
-    import lightjax
-    print(lightjax.tune_glibc_malloc() if sys.argv[1] == "tune" else None)
+    from train.malloc import tune_glibc_malloc
+    print(tune_glibc_malloc() if sys.argv[1] == "tune" else None)
     libc = ctypes.CDLL(None)
     libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, (ctypes.c_size_t,)
     libc.free.argtypes = (ctypes.c_void_p,)

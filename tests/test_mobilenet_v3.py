@@ -131,3 +131,39 @@ def test_init_like_torchvision():
     dw = np.asarray(p["block_1"]["0"]["kernel"])  # depthwise 5x5: torch fan_out = 240 * 25
     assert dw.shape == (5, 5, 1, 240) and abs(dw.std() - np.sqrt(2.0 / 6000)) < 0.1 * np.sqrt(2.0 / 6000)
     assert np.all(np.asarray(p["block_1"]["1"]["scale"]) == 1) and not np.any(np.asarray(p["block_1"]["1"]["bias"]))
+
+
+def _timm_mnv3(timm, name):
+    import torch
+
+    tm = timm.create_model(name, pretrained=False)
+    # timm trains with PyTorch's BN momentum 0.1; lightjax's MobileNetV3 keeps torchvision's 0.01 (a training
+    # setting, not part of the weights), so the train-step check runs timm's module at 0.01 too.
+    for m in tm.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = 0.01
+    return tm
+
+
+def test_parity_timm_small(torch, timm):
+    # timm's layout (conv_stem, blocks.S.J DS/IR blocks, conv_head as Linear) and BN eps 1e-5 (bn_eps field):
+    # eval at an odd size, train step (outputs + running stats), strict round trip.
+    check_parity("mobilenet_v3_small_100", _timm_mnv3(timm, "mobilenetv3_small_100"), sizes=(65,), layout="timm",
+                 model_kwargs={"bn_eps": 1e-5}, jit=True)
+
+
+def test_parity_timm_large(torch, timm):
+    check_parity("mobilenet_v3_large_100", _timm_mnv3(timm, "mobilenetv3_large_100"), sizes=(97,), layout="timm",
+                 model_kwargs={"bn_eps": 1e-5}, train=False, jit=True)
+
+
+def test_timm_layout_requires_its_eps(torch, timm):
+    # Same keys and shapes, other numerics: the converter refuses torchvision's eps for a timm checkpoint, and
+    # load_model applies the layout's setting by itself.
+    from lightjax import convert
+
+    sd = timm.create_model("mobilenetv3_small_100", pretrained=False).state_dict()
+    with pytest.raises(convert.ConversionError, match="bn_eps=1e-05"):
+        convert.from_torch("mobilenet_v3_small_100", sd)
+    model, _ = lm.load_model("mobilenet_v3_small_100", sd)
+    assert model.bn_eps == 1e-5 and lm.create_model("mobilenet_v3_small_100").bn_eps == 1e-3

@@ -1,11 +1,13 @@
-"""lightjax.models.ops: every CPU formulation equals the plain ``lax.conv`` ("xla") path, forward and gradients.
+"""lightjax.ops: every CPU formulation equals the plain ``lax.conv`` ("xla") path, forward and gradients.
 
 Per op in float32 (relative to the largest reference magnitude, <= ~1e-5); a whole model's gradients in float64;
-bfloat16 inputs; the backend choice and its override; SPMD sharding of the batch; the benchmark's --quick mode.
+bfloat16 inputs; SPMD sharding of the batch. (The formulation choice and the XLA options are tested in
+test_backend.py, the benchmark in test_bench.py.)
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -16,16 +18,26 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lightjax.models import ops
+from lightjax import ops
+from lightjax.ops import depthwise as depthwise_mod
+from lightjax.ops import grouped as grouped_mod
 from parity import random_variables
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+_STACK = contextlib.ExitStack()
+
+
 @pytest.fixture(autouse=True)
-def _restore_impl():
+def _restore_formulation():
     yield
-    ops.set_conv_impl(None)
+    _STACK.close()  # leaves every formulation entered by use() during the test
+
+
+def use(impl):
+    """Traces what follows with formulation ``impl`` until the test ends (``None``: the default)."""
+    _STACK.enter_context(ops.formulation(impl))
 
 
 def rel(a, b) -> float:
@@ -39,7 +51,7 @@ def conv_and_grads(impl, x, k, **kw):
     The output is checked to be the same whether or not the convolution is differentiated (a custom VJP's
     forward rule may compute it differently from the primal, e.g. the RGB stems on CPU).
     """
-    ops.set_conv_impl(impl)
+    use(impl)
 
     @jax.jit
     def f(x, k):
@@ -48,7 +60,7 @@ def conv_and_grads(impl, x, k, **kw):
         return y, vjp(ct), ops.conv2d(x, k, **kw)
 
     y, grads, y_plain = f(x, k)
-    ops.set_conv_impl(None)
+    use(None)
     assert y_plain.shape == y.shape and y_plain.dtype == y.dtype
     tol = 3e-2 if y.dtype == jnp.bfloat16 else 1e-12 if y.dtype == jnp.float64 else 1e-5
     assert rel(y_plain.astype(jnp.float32 if y.dtype == jnp.bfloat16 else y.dtype), y) < tol, (impl, kw)
@@ -97,7 +109,7 @@ CASES = {
     "stem3_s2_nopad": ((2, 9, 11, 3), (3, 3, 3, 8), 2, 0, 1, 1),
     "stem7_s2": ((2, 13, 11, 3), (7, 7, 3, 8), 2, 3, 1, 1),
     "stem_1ch": ((2, 8, 8, 1), (3, 3, 1, 4), 1, 1, 2, 1),
-    # depthwise with C a multiple of ops.DW_ROWS_CHANNEL_MULTIPLE, stride 1: inference runs the (N, H, W*C) rows
+    # depthwise with C a multiple of depthwise.DW_ROWS_CHANNEL_MULTIPLE, stride 1: inference runs the (N, H, W*C) rows
     "dw16_rows": ((2, 7, 9, 16), (3, 3, 1, 16), 1, 1, 1, 16),
     "dw32_rows_dil2": ((2, 9, 8, 32), (3, 3, 1, 32), 1, 2, 2, 32),
     "dw16_rows_5x5_asym": ((1, 8, 10, 16), (5, 5, 1, 16), 1, ((2, 1), (0, 2)), 1, 16),
@@ -144,9 +156,9 @@ def test_depthwise_row_formulation_runs_only_where_chosen(monkeypatch):
     ``DW_ROWS_CHANNEL_MULTIPLE``, never under differentiation, never for C = 58 / 116 (ShuffleNet v2's widths) or
     stride 2; the CPU/XLA equality of every case is checked by the tests above."""
     calls = []
-    real = ops._depthwise_fwd_rows
-    monkeypatch.setattr(ops, "_depthwise_fwd_rows", lambda *a: calls.append(a[0].shape) or real(*a))
-    ops.set_conv_impl("cpu")
+    real = depthwise_mod._depthwise_fwd_rows
+    monkeypatch.setattr(depthwise_mod, "_depthwise_fwd_rows", lambda *a: calls.append(a[0].shape) or real(*a))
+    use("cpu")
 
     def run(c, stride=1, grad=False):
         x, k = jnp.ones((1, 6, 6, c)), jnp.ones((3, 3, 1, c))
@@ -175,34 +187,19 @@ def test_cpu_formulation_bfloat16(case):
 def test_mixed_dtype_promotes_like_xla():
     x = jax.random.normal(jax.random.key(0), (2, 6, 6, 4), jnp.bfloat16)
     k = jax.random.normal(jax.random.key(1), (3, 3, 1, 4), jnp.float32)
-    ops.set_conv_impl("cpu")
+    use("cpu")
     y = ops.conv2d(x, k, padding=1, groups=4)
     assert y.dtype == jnp.float32
-
-
-def test_impl_selection_and_override(monkeypatch):
-    monkeypatch.delenv("LIGHTJAX_CONV_IMPL", raising=False)
-    assert ops.conv_impl() == ("cpu" if jax.default_backend() == "cpu" else "xla")
-    monkeypatch.setenv("LIGHTJAX_CONV_IMPL", "xla")
-    assert ops.conv_impl() == "xla"
-    ops.set_conv_impl("cpu")
-    assert ops.conv_impl() == "cpu"  # explicit setting wins over the environment
-    ops.set_conv_impl(None)
-    monkeypatch.setenv("LIGHTJAX_CONV_IMPL", "bogus")
-    with pytest.raises(ValueError, match="LIGHTJAX_CONV_IMPL"):
-        ops.conv_impl()
-    with pytest.raises(ValueError, match="unknown conv impl"):
-        ops.set_conv_impl("fast")
 
 
 def test_xla_impl_is_plain_lax_conv():
     """LIGHTJAX_CONV_IMPL=xla must lower to a single grouped convolution (the GPU/TPU path)."""
     x = jnp.zeros((1, 8, 8, 4))
     k = jnp.zeros((3, 3, 1, 4))
-    ops.set_conv_impl("xla")
+    use("xla")
     hlo = jax.jit(lambda x, k: ops.conv2d(x, k, padding=1, groups=4)).lower(x, k).as_text()
     assert "convolution" in hlo and "feature_group_count = 4" in hlo
-    ops.set_conv_impl("cpu")
+    use("cpu")
     hlo = jax.jit(lambda x, k: ops.conv2d(x, k, padding=1, groups=4)).lower(x, k).as_text()
     assert "convolution" not in hlo
 
@@ -219,7 +216,7 @@ def test_errors():
 @pytest.mark.parametrize("impl", ["xla", "cpu"])
 @pytest.mark.parametrize("groups", [2, 3, 4])
 def test_channel_shuffle(groups, impl):
-    ops.set_conv_impl(impl)
+    use(impl)
     c = 12
     x = jax.random.normal(jax.random.key(0), (2, 3, 5, c))
     y = ops.channel_shuffle(x, groups)
@@ -240,14 +237,14 @@ def test_channel_shuffle(groups, impl):
 def test_grouped_pointwise_per_group_or_block_diagonal(case, split, monkeypatch):
     """Both CPU forwards of a grouped 1x1 (one product per group / one block-diagonal product) equal
     ``lax.conv`` in float64, forward and gradients; the program really has g products or one forward."""
-    monkeypatch.setattr(ops, "SPLIT_GROUPS_MIN_BLOCK", 0 if split else 10**9)
+    monkeypatch.setattr(grouped_mod, "SPLIT_GROUPS_MIN_BLOCK", 0 if split else 10**9)
     shape, kshape, stride, padding, dilation, groups = CASES[case]
     with jax.enable_x64(True):
         x = jax.random.normal(jax.random.key(0), shape, jnp.float64)
         k = jax.random.normal(jax.random.key(1), kshape, jnp.float64)
         y0, (dx0, dk0) = conv_and_grads("xla", x, k, groups=groups)
         y1, (dx1, dk1) = conv_and_grads("cpu", x, k, groups=groups)
-        ops.set_conv_impl("cpu")
+        use("cpu")
         fwd = jax.jit(lambda x, k: ops.conv2d(x, k, groups=groups)).lower(x, k).as_text()
         grad = jax.jit(jax.value_and_grad(lambda x, k: jnp.sum(ops.conv2d(x, k, groups=groups)), (0, 1)))
         grad = grad.lower(x, k).as_text()
@@ -264,20 +261,20 @@ def test_conv2d_concat_equals_conv_of_concatenation(impl, kshape, padding):
     the kernel); on CPU a 1x1 really runs without the concatenation (one product per part)."""
     parts = [jax.random.normal(jax.random.key(i), (2, 5, 6, c)) for i, c in enumerate((4, 8))]
     k = jax.random.normal(jax.random.key(9), kshape)
-    ops.set_conv_impl(impl)
+    use(impl)
     f_cat = lambda a, b, k: ops.conv2d(jnp.concatenate([a, b], axis=-1), k, padding=padding)  # noqa: E731
     f_parts = lambda a, b, k: ops.conv2d_concat([a, b], k, padding=padding)  # noqa: E731
     want, want_vjp = jax.vjp(f_cat, *parts, k)
     got, got_vjp = jax.vjp(f_parts, *parts, k)
     hlo = jax.jit(f_parts).lower(*parts, k).as_text()
-    ops.set_conv_impl(None)
+    use(None)
     ct = jax.random.normal(jax.random.key(8), want.shape)
     assert rel(got, want) < 1e-5
     for g, w in zip(got_vjp(ct), want_vjp(ct)):
         assert rel(g, w) < 1e-5
     assert ("concatenate" in hlo) == (impl == "xla" or kshape[0] == 3 or padding == 1)
     with pytest.raises(ValueError, match="channels"):
-        ops.set_conv_impl("cpu")
+        use("cpu")
         ops.conv2d_concat([parts[0], parts[0]], k[:, :, :, :])
 
 
@@ -296,7 +293,7 @@ def test_conv2d_parts_equals_conv2d(impl, widths, groups, shuffle):
     with jax.enable_x64(True):
         parts = [jax.random.normal(jax.random.key(i), (2, 3, 4, c), jnp.float64) for i, c in enumerate(widths)]
         k = jax.random.normal(jax.random.key(9), (1, 1, 12 // groups, 6), jnp.float64)
-        ops.set_conv_impl(impl)
+        use(impl)
         arg = parts[0] if len(parts) == 1 else parts
         f_ref = lambda ps, k: ops.conv2d(jnp.concatenate(ps, -1), k, groups=groups, shuffle_in=shuffle)  # noqa: E731
         f_parts = lambda ps, k: ops.concat_parts(  # noqa: E731
@@ -304,7 +301,7 @@ def test_conv2d_parts_equals_conv2d(impl, widths, groups, shuffle):
         out = ops.conv2d_parts(arg, k, groups=groups, shuffle_in=shuffle)
         want, want_vjp = jax.vjp(f_ref, parts, k)
         got, got_vjp = jax.vjp(f_parts, parts, k)
-        ops.set_conv_impl(None)
+        use(None)
         ct = jax.random.normal(jax.random.key(8), want.shape, jnp.float64)
         assert rel(got, want) < 1e-12
         for g, w in zip(jax.tree_util.tree_leaves(got_vjp(ct)), jax.tree_util.tree_leaves(want_vjp(ct))):
@@ -406,7 +403,7 @@ def test_global_avg_pool(dtype, keepdims):
     want = np.mean(np.asarray(x, np.float64), axis=(1, 2), keepdims=keepdims)
     out = {}
     for impl in ("xla", "cpu"):
-        ops.set_conv_impl(impl)
+        use(impl)
         y, vjp = jax.vjp(lambda x: ops.global_avg_pool(x, keepdims=keepdims), x)
         out[impl] = (y, vjp(jnp.ones_like(y))[0])
     for y, g in out.values():
@@ -418,10 +415,10 @@ def test_global_avg_pool(dtype, keepdims):
 def test_group_layout():
     """The shuffles a grouped 1x1 can read without moving the activation: none, megvii's (interleaved);
     the seed/torchvision order folded into a grouped conv is no per-group slice (block-diagonal keeps it)."""
-    assert ops._group_layout(12, 3, None) == "blocks"
-    assert ops._group_layout(12, 3, np.arange(12)) == "blocks"
-    assert ops._group_layout(12, 3, ops.shuffle_permutation(12, 4)) == "interleaved"  # megvii: shuffle(x, C // g)
-    assert ops._group_layout(12, 3, ops.shuffle_permutation(12, 3)) is None
+    assert grouped_mod.group_layout(12, 3, None) == "blocks"
+    assert grouped_mod.group_layout(12, 3, np.arange(12)) == "blocks"
+    assert grouped_mod.group_layout(12, 3, ops.shuffle_permutation(12, 4)) == "interleaved"  # megvii: shuffle(x, C // g)
+    assert grouped_mod.group_layout(12, 3, ops.shuffle_permutation(12, 3)) is None
 
 
 @pytest.mark.parametrize("split", [False, True])
@@ -436,16 +433,16 @@ def test_shuffle_in_equals_shuffle_then_conv(impl, kshape, groups, shuffle, spli
     """``conv2d(x, k, shuffle_in=s)`` == ``conv2d(channel_shuffle(x, s), k)`` in value and in both gradients,
     whether the permutation is read as per-group strided slices or folded into a block-diagonal weight's rows
     (CPU 1x1) or applied to the activation."""
-    monkeypatch.setattr(ops, "SPLIT_GROUPS_MIN_BLOCK", 0 if split else 10**9)
+    monkeypatch.setattr(grouped_mod, "SPLIT_GROUPS_MIN_BLOCK", 0 if split else 10**9)
     x = jax.random.normal(jax.random.key(0), (2, 5, 6, 12))
     k = jax.random.normal(jax.random.key(1), kshape)
     kw = dict(groups=groups, padding=kshape[0] // 2)
 
     def value_and_grads(fn, which):
-        ops.set_conv_impl(which)
+        use(which)
         y, vjp = jax.vjp(jax.jit(fn), x, k)
         ct = jax.random.normal(jax.random.key(2), y.shape)
-        ops.set_conv_impl(None)
+        use(None)
         return y, vjp(ct)
 
     want_y, want_g = value_and_grads(lambda x, k: ops.conv2d(ops.channel_shuffle(x, shuffle), k, **kw), "xla")
@@ -484,10 +481,10 @@ def test_pools_match_torch(case, impl, torch):
         ty = tfn(tx)
         ct = rng.standard_normal(tuple(ty.shape)).astype(np.float32)
         ty.backward(torch.from_numpy(ct))
-        ops.set_conv_impl(impl)
+        use(impl)
         y, vjp = jax.vjp(jax.jit(fn), jnp.asarray(x))
         (dx,) = vjp(jnp.asarray(ct.transpose(0, 2, 3, 1)))
-        ops.set_conv_impl(None)
+        use(None)
         np.testing.assert_allclose(np.asarray(y), ty.detach().numpy().transpose(0, 2, 3, 1), rtol=1e-6, atol=1e-6,
                                    err_msg=f"{name} forward")
         np.testing.assert_allclose(np.asarray(dx), tx.grad.numpy().transpose(0, 2, 3, 1), rtol=1e-6, atol=1e-6,
@@ -497,7 +494,7 @@ def test_pools_match_torch(case, impl, torch):
 def _model_grads(name, impl, x, variables, **kwargs):
     import lightjax.models as lm
 
-    ops.set_conv_impl(impl)
+    use(impl)
     model = lm.create_model(name, drop_rate=0.0, **kwargs)
 
     def loss(params):
@@ -506,7 +503,7 @@ def _model_grads(name, impl, x, variables, **kwargs):
         return jnp.sum(out * jnp.arange(out.shape[-1], dtype=out.dtype) / out.shape[-1]), upd
 
     (val, upd), g = jax.jit(jax.value_and_grad(loss, has_aux=True))(variables["params"])
-    ops.set_conv_impl(None)
+    use(None)
     return val, g, upd
 
 
@@ -543,8 +540,8 @@ def test_sharded_batch_spmd():
         os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
         import jax, jax.numpy as jnp, numpy as np
         from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-        from lightjax.models import ops
-        ops.set_conv_impl("cpu")
+        os.environ["LIGHTJAX_CONV_IMPL"] = "cpu"
+        from lightjax import ops
         mesh = Mesh(np.array(jax.devices()[:2]), ("data",))
         x = jax.random.normal(jax.random.key(0), (4, 9, 9, 6))
         kd = jax.random.normal(jax.random.key(1), (3, 3, 1, 6))
@@ -571,265 +568,15 @@ def test_sharded_batch_spmd():
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]
 
 
-def test_bench_quick_prints_table():
-    """``python -m lightjax.bench --quick`` runs and prints the table (nothing is asserted about speed)."""
-    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    r = subprocess.run([sys.executable, "-m", "lightjax.bench", "--quick"], env=env, capture_output=True,
-                       text=True, timeout=600, cwd=REPO)
-    assert r.returncode == 0, r.stderr[-3000:]
-    out = r.stdout
-    assert "allocator:" in out and "jax " in out
-    assert "| model | size | infer lj |" in out
-    assert "| squeezenet1_1 | 64 |" in out
-
-
-def test_bench_times_each_side_after_a_run_of_the_same_side(monkeypatch):
-    """Sides alternate, and every timed run follows an untimed run of the same side (torch's spinning OpenMP
-    worker would otherwise steal a core from whichever side runs right after it); the figures come from the
-    timed runs only."""
-    import time
-
-    from lightjax import bench, convert
-
-    calls = []
-
-    class Side:
-        def __init__(self, label, per_call_s):
-            self.label, self.per_call_s, self.n = label, per_call_s, 0
-
-        def _run(self, mode):
-            calls.append((self.label, mode))
-            self.n += 1
-            time.sleep(0.05 if self.n % 2 else self.per_call_s)  # the untimed (odd) runs are the slow ones
-
-        def infer(self):
-            self._run("infer")
-
-        def train(self):
-            self._run("train")
-
-    class Ref:
-        def eval(self):
-            return self
-
-        def state_dict(self):
-            return {}
-
-    def fake_jax(name, variables, kwargs, batch, size):
-        side = Side("jax", 0.001)
-        side.compile = lambda: (0.0, 0.0)
-        return side
-
-    monkeypatch.setattr(bench, "torch_reference", lambda name: (Ref(), "x", {}, "ref"))
-    monkeypatch.setattr(convert, "from_torch", lambda *a, **k: {})
-    monkeypatch.setattr(bench, "JaxSide", fake_jax)
-    monkeypatch.setattr(bench, "TorchSide", lambda m, fmt, batch, size, device: Side(f"torch_{fmt}", 0.002))
-    row = bench.bench_model("squeezenet1_1", 4, 32, 3, False, True, False)
-    timed = [c for c in calls if c[1] in ("infer", "train")]
-    # Set-up runs (first train step, one infer, one infer+train per torch side), then per mode and round each
-    # side twice in a row, sides in turn.
-    loop = timed[-2 * 3 * 3 * 2:]
-    for mode, block in (("infer", loop[:18]), ("train", loop[18:])):
-        assert block == [(lab, mode) for _ in range(3) for lab in ("jax", "torch_nchw", "torch_cl") for _ in (0, 1)]
-    assert row["jax_infer"] == pytest.approx(4 / 0.001, rel=0.6)  # the 0.05 s untimed runs never count
-    assert row["torch_train"] == pytest.approx(4 / 0.002, rel=0.6)
-    assert 0.7 < row["ratio_infer"] * 0.5 < 1.3
-
-    one = []
-    assert bench._switch_in_and_time(lambda: one.append(1), 1) >= 0 and one == [1]
-
-
-def test_bench_retries_a_killed_row_at_half_the_batch(monkeypatch):
-    """A benchmark row whose process is killed (out of memory) is re-run at half the batch until it fits; the
-    table says at which batch it ran and which were killed. A row that fails otherwise is not retried."""
-    import argparse
-
-    from lightjax import bench
-
-    calls = []
-
-    def fake(name, args, batch):
-        calls.append(batch)
-        if name == "big" and batch > 16:
-            return {"model": name, "error": "exit -9", "killed": True}
-        if name == "broken":
-            return {"model": name, "error": "exit 1: ValueError", "killed": False}
-        peak = 10_000 * 1024 if batch > 8 else 3 * 1024  # MiB: 10,000 GiB at batch 16, 3 GiB at 8
-        return {"model": name, "batch": batch, "size": 299, "torch_ref": "ref", "jax_infer": 1.0, "peak_rss_mib": peak}
-
-    monkeypatch.setattr(bench, "_run_row_at", fake)
-    monkeypatch.setattr(bench, "_total_ram_mib", lambda: 24 * 1024.0)
-    args = argparse.Namespace(batch=32)
-    row = bench._run_row("big", args)
-    assert calls == [32, 16, 8] and row["batch"] == 8 and "killed" not in row
-    assert row["note"] == ("batch 32 killed (out of memory?); batch 16 peaked at 10000.0 GiB (> 16.8): "
-                           "ran at batch 8")
-    text = bench.table([row], memory=False)
-    assert "| big | 299 (batch 8) |" in text and "ran at batch 8" in text
-    calls.clear()
-    assert "error" in bench._run_row("broken", args) and calls == [32]
-
-
-def test_bench_median_over_processes(monkeypatch):
-    """``--processes 3``: each figure is the median over the fresh processes, the ratio the median of the
-    per-process ratios (listed, with their range in the notes); later processes start at the batch the first
-    one settled on; a process that failed is left out, and the notes say so."""
-    import argparse
-
-    from lightjax import bench
-
-    calls, ratios = [], iter([(0.8, 0.7), (1.1, 0.6), (None, None), (0.9, 0.75)])
-
-    def fake(name, args):
-        calls.append(args.batch)
-        ri, rt = next(ratios)
-        if ri is None:
-            return {"model": name, "error": "exit 1"}
-        return {"model": name, "batch": 8, "size": 299, "torch_ref": "ref", "jax_infer": 10.0 * ri,
-                "torch_infer": 10.0, "torch_infer_fmt": "cl", "ratio_infer": ri, "jax_train": 2.0 * rt,
-                "torch_train": 2.0, "torch_train_fmt": "nchw", "ratio_train": rt, "compile_train_s": 5.0 + ri,
-                "note": "batch 32 killed (out of memory?): ran at batch 8"}
-
-    monkeypatch.setattr(bench, "_run_row", fake)
-    row = bench._run_row_processes("x", argparse.Namespace(batch=32, processes=4))
-    assert calls == [32, 8, 8, 8]
-    assert row["ratios_infer"] == [0.8, 1.1, 0.9] and row["ratio_infer"] == 0.9 and row["ratio_train"] == 0.7
-    assert row["jax_infer"] == 9.0 and row["compile_train_s"] == 5.9 and row["torch_train_fmt"] == "nchw"
-    assert row["note_processes"] == ("median of 3 processes (infer ratio 0.80-1.10x; train ratio 0.60-0.75x); "
-                                     "1 of 4 left out: exit 1")
-    text = bench.table([row], memory=False)
-    assert "| x | 299 (batch 8) | 9.0 | 10.0 (cl) | 0.90x |" in text and "median of 3 processes" in text
-    ratios = iter([(0.8, 0.7)])
-    calls.clear()
-    assert bench._run_row_processes("x", argparse.Namespace(batch=32, processes=1))["ratio_infer"] == 0.8
-    assert calls == [32]
-
-
-def test_bench_stops_a_child_over_the_memory_limit():
-    """A benchmark child whose resident memory passes the limit is killed at once (not left to thrash near the
-    RAM limit) and reported as stopped with the size it had reached; a child under the limit runs to the end."""
-    from lightjax import bench
-
-    grow = "import time; b = bytearray(400 * 2**20); time.sleep(30)"
-    with subprocess.Popen([sys.executable, "-c", grow]) as proc:
-        watch = bench._RssWatch(proc.pid, limit_mib=200.0, interval_s=0.05)
-        rc = proc.wait(timeout=60)
-        watch.stop()
-    assert rc == -9 and watch.stopped_at is not None and 200.0 < watch.stopped_at < 2000.0
-    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.5)"]) as proc:
-        watch = bench._RssWatch(proc.pid, limit_mib=2000.0, interval_s=0.05)
-        rc = proc.wait(timeout=60)
-        watch.stop()
-    assert rc == 0 and watch.stopped_at is None
-
-
-def test_bench_mimalloc_settings_reach_the_child(monkeypatch):
-    """``--allocator mimalloc`` re-executes with the library preloaded and ``MIMALLOC_SETTINGS`` (freed memory
-    kept; XLA's multi-GiB temp buffer served from an arena instead of a fresh mmap per step); a value the user
-    set wins."""
-    import argparse
-
-    from lightjax import bench
-
-    seen = {}
-
-    def fake_execve(path, argv, env):
-        seen.update(env)
-        raise SystemExit(0)
-
-    monkeypatch.setattr(bench.os, "execve", fake_execve)
-    monkeypatch.setattr(bench, "mimalloc_path", lambda: "/opt/libmimalloc.so")
-    monkeypatch.delenv(bench._CHILD_ENV, raising=False)
-    monkeypatch.delenv("LD_PRELOAD", raising=False)
-    monkeypatch.setenv("MIMALLOC_PURGE_DELAY", "250")
-    monkeypatch.delenv("MIMALLOC_ARENA_MAX_OBJECT_SIZE", raising=False)
-    with pytest.raises(SystemExit):
-        bench._reexec_with_allocator(argparse.Namespace(device=False, allocator="mimalloc", plain_glibc=False))
-    assert seen["LD_PRELOAD"] == "/opt/libmimalloc.so" and seen[bench._CHILD_ENV] == "1"
-    assert seen["MIMALLOC_ARENA_MAX_OBJECT_SIZE"] == bench.MIMALLOC_SETTINGS["MIMALLOC_ARENA_MAX_OBJECT_SIZE"]
-    assert seen["MIMALLOC_PURGE_DELAY"] == "250"
-
-
 def test_parameters_identical_whichever_path():
     """The formulation never changes the parameter tree (names, shapes, dtypes): checkpoints are shared."""
     import lightjax.models as lm
 
-    name = "mobilenet_v1_025" if "mobilenet_v1_025" in lm.list_models() else "squeezenet1_1"
-    model = lm.create_model(name)
+    model = lm.create_model("mobilenet_v1_025")  # depthwise, pointwise, dense stem: every conv kind
     x = jnp.zeros((1, 32, 32, 3))
     trees = []
     for impl in ("xla", "cpu"):
-        ops.set_conv_impl(impl)
+        use(impl)
         trees.append(jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False)))
     assert jax.tree_util.tree_structure(trees[0]) == jax.tree_util.tree_structure(trees[1])
     assert jax.tree_util.tree_leaves(trees[0]) == jax.tree_util.tree_leaves(trees[1])
-
-
-def test_compiler_options(monkeypatch):
-    """lightjax.compiler_options(): {} off CPU; an option XLA_FLAGS already sets is left out; on CPU, dense
-    convolutions leave YNNPACK (fewer YNN fusions in the compiled program) and the values do not change."""
-    import warnings
-
-    import lightjax
-
-    assert lightjax.compiler_options("gpu") == {} and lightjax.compiler_options("tpu") == {}
-    ops._options_accepted.cache_clear()
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # the acceptance probe must not itself warn (e.g. a deprecated jit arg)
-        opts = lightjax.compiler_options("cpu")
-    assert set(opts) == {"xla_cpu_experimental_ynn_fusion_type", "xla_cpu_prefer_vector_width"}, opts
-    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=")  # the user's flag wins, the rest stays
-    assert lightjax.compiler_options("cpu") == {"xla_cpu_prefer_vector_width": 512}
-    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type= --xla_cpu_prefer_vector_width=256")
-    assert lightjax.compiler_options("cpu") == {}
-    monkeypatch.delenv("XLA_FLAGS")
-
-    x = jax.random.normal(jax.random.key(0), (2, 12, 12, 32))
-    k = jax.random.normal(jax.random.key(1), (3, 3, 32, 48))
-    f = lambda x, k: ops.conv2d(x, k, padding=1)  # noqa: E731
-    plain = jax.jit(f).lower(x, k).compile()
-    tuned = jax.jit(f, compiler_options=opts).lower(x, k).compile()
-    assert plain.as_text().count("__ynn_fusion") > tuned.as_text().count("__ynn_fusion")
-    np.testing.assert_allclose(np.asarray(tuned(x, k)), np.asarray(plain(x, k)), rtol=1e-4, atol=1e-4)
-    # ... and matrix products (1x1 convolutions) leave YNNPACK too; reductions stay (training needs them).
-    w = jax.random.normal(jax.random.key(2), (1, 1, 32, 48))
-    g = lambda x, w: jax.nn.relu(ops.conv2d(x, w))  # noqa: E731
-    assert "__ynn_fusion" in jax.jit(g).lower(x, w).compile().as_text()
-    assert "__ynn_fusion" not in jax.jit(g, compiler_options=opts).lower(x, w).compile().as_text()
-    r = lambda x: jnp.sum(x * x, axis=(0, 1, 2))  # noqa: E731
-    assert "__ynn_fusion" in jax.jit(r, compiler_options=opts).lower(x).compile().as_text()
-
-
-def test_init_compiler_options_and_init_variables(monkeypatch):
-    """init_compiler_options(): LLVM level 0 on CPU unless XLA_FLAGS sets the level, {} elsewhere;
-    lm.init_variables gives model.init's variables (same tree, shapes, dtypes; values to float rounding)."""
-    import flax.linen as nn
-
-    import lightjax.models as lm
-    from lightjax.models import layers
-
-    class Tiny(nn.Module):
-        @nn.compact
-        def __call__(self, x, train: bool = False):
-            x = layers.BatchNorm()(layers.Conv2d(8, 3, padding=1)(x), use_running_average=not train)
-            return nn.Dense(3)(jnp.mean(x, axis=(1, 2)))
-
-    assert ops.init_compiler_options("gpu") == {} and ops.init_compiler_options("tpu") == {}
-    monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=2")
-    assert ops.init_compiler_options("cpu") == {}  # the user's level wins
-    monkeypatch.setenv("XLA_FLAGS", "")
-    ops._options_accepted.cache_clear()
-    assert ops.init_compiler_options("cpu") == {"xla_backend_optimization_level": 0}
-
-    model = Tiny()
-    got = lm.init_variables(model, jax.random.key(4), (1, 8, 8, 3))  # compiled at level 0
-    want = jax.jit(lambda k: model.init(k, jnp.zeros((1, 8, 8, 3)), train=False)).lower(jax.random.key(4)).compile(
-        compiler_options={"xla_backend_optimization_level": 2})(jax.random.key(4))
-    monkeypatch.undo()
-    assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(want)
-    assert set(got) == {"params", "batch_stats"}
-    for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
-        assert a.shape == b.shape and a.dtype == b.dtype
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
-    with pytest.raises(ValueError, match="NHWC"):
-        lm.init_variables(model, jax.random.key(4), (8, 8, 3))

@@ -14,7 +14,10 @@ from lightjax import summary
 #: One model per family is checked against its published MACs; a family without a registered model skips.
 FAMILIES = ("squeezenet", "mobilenet_v1", "mobilenet_v2", "mobilenet_v3", "shufflenet_v1", "shufflenet_v2",
             "xception", "aligned_xception")
-REFERENCE_MD = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "REFERENCE.md")
+#: Families with a published figure (the seed's aligned Xception is a DeepLab backbone without one).
+PUBLISHED_FAMILIES = tuple(f for f in FAMILIES if f != "aligned_xception")
+#: The reference table (params, MACs, top-1), copied from the shared REFERENCE.md into the repo so CI has it.
+REFERENCE_MD = os.path.join(os.path.dirname(__file__), "data", "reference_figures.md")
 
 
 def test_count_jaxpr_by_hand():
@@ -40,8 +43,6 @@ def test_count_jaxpr_by_hand():
 
 
 def _reference_rows():
-    if not os.path.exists(REFERENCE_MD):
-        pytest.skip("../shared/REFERENCE.md is not beside this checkout")
     rows = {}
     for line in open(REFERENCE_MD, encoding="utf-8"):
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
@@ -63,15 +64,13 @@ def test_published_table_transcribes_reference_md():
 
 def _family_representative(family):
     names = [n for n in lm.list_models() if lm.model_family(n) == family]
-    if not names:
-        pytest.skip(f"no {family} model is registered yet")
+    assert names, f"no {family} model is registered"
     published = [n for n in names if summary.published_for(n) is not None]
-    if not published:
-        pytest.skip(f"{family}: registered {names} but none has a published figure")
+    assert published, f"{family}: registered {names} but none has a published figure"
     return published[0]
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", PUBLISHED_FAMILIES)
 def test_analytic_macs_and_params_match_published(family):
     name = _family_representative(family)
     s = summary.summarize(name, xla=False)

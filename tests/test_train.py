@@ -302,7 +302,7 @@ def test_eight_devices_match_one(env, tmp_path, one_device_reference):
     assert p.returncode == 0, _tail(p)
     assert "on 8 devices" in p.stderr, _tail(p)
     assert_trees(one_device_reference, checkpoint_params(wd, STEPS), atol=PARITY_ATOL)
-    # LIGHTJAX_TUNE_MALLOC=1: the CLI applies lightjax.tune_glibc_malloc unless the environment chose an
+    # LIGHTJAX_TUNE_MALLOC=1: the CLI applies train.malloc.tune_glibc_malloc unless the environment chose an
     # allocator itself (the results above are the same either way).
     tuned = (platform.libc_ver()[0] == "glibc" and not any(k.startswith("MALLOC_") for k in os.environ)
              and "LD_PRELOAD" not in os.environ and "GLIBC_TUNABLES" not in os.environ)
@@ -373,3 +373,176 @@ def test_finetune_init_from_torch_checkpoint(env, tmp_path):
     c.model.init_from = str(tmp_path / "missing.pth")
     with pytest.raises(Exception, match=r"config\.model\.init_from"):
         trainer.init_state(c, model, tx)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Fine-tuning from a pretrained tag, and the input pipeline's transforms (lightjax.transforms).
+# ----------------------------------------------------------------------------------------------------------
+
+FT_TAG = "squeezenet1_1.test_digits"
+
+
+def _load_config_file(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"_cfg_{name}", os.path.join(ROOT, "configs", f"{name}.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.get_config()
+
+
+@pytest.fixture
+def digits_tag(tmp_path, monkeypatch, torch, torchvision):
+    """A torchvision SqueezeNet 1.1 checkpoint (1000 classes, torch.save) registered as a local tag, with a
+    transform unlike the config's (bicubic, 0.5/0.5, crop_pct 0.875 written as resize 256 at 224)."""
+    from lightjax import pretrained
+
+    monkeypatch.setenv("LIGHTJAX_CACHE", str(tmp_path / "cache"))
+    m = torchvision.models.squeezenet1_1()
+    path = str(tmp_path / "squeezenet1_1-digits.pth")
+    torch.save(m.state_dict(), path)
+    cfg = pretrained.register_pretrained(FT_TAG, file=path, crop_size=224, resize_size=256, interpolation="bicubic",
+                                         mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), overwrite=True)
+    yield cfg, {k: v.numpy() for k, v in m.state_dict().items()}
+    pretrained.unregister_pretrained(FT_TAG)
+
+
+def _finetune_config(data_dir: str, steps: int = 2):
+    """configs/finetune_digits_from_tag.py cut to a seconds-long run of the test tag."""
+    c = _load_config_file("finetune_digits_from_tag")
+    for k, v in tiny_overrides(data_dir, steps=steps, **{"model.name": "squeezenet1_1", "model.init_from": FT_TAG,
+                                                          "data.image_size": 32, "batch_size": 8,
+                                                          "data.eval_limit": 8}).items():
+        node = c
+        *parents, leaf = k.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = v
+    return c
+
+
+def test_finetune_from_pretrained_tag(env, tmp_path, digits_tag):
+    from lightjax import convert, transforms
+    from train import checks, data, trainer
+
+    cfg, sd = digits_tag
+    c = _finetune_config(env["data_dir"])
+    checks.validate(c, num_devices=1)
+    # Evaluation takes the tag's transform (its crop fraction 224/256 at image_size 32, bicubic, 0.5/0.5) and
+    # training its mean/std; the config's own data.mean/std (ImageNet) are not used.
+    pre_eval, pre_train = data.make_preprocess(c, train=False), data.make_preprocess(c, train=True)
+    assert pre_eval.eval_tf == transforms.eval_transform(crop_size=32, crop_pct=224 / 256, interpolation="bicubic",
+                                                         mean=(0.5,) * 3, std=(0.5,) * 3)
+    assert pre_eval.eval_tf.resize_shorter == 36 and pre_train.mean == (0.5,) * 3 and pre_train.std == (0.5,) * 3
+    with c.unlocked():
+        c.data.eval_transform = "config"
+    assert data.make_preprocess(c, train=False).eval_tf.mean == tuple(c.data.mean)
+    c.data.eval_transform = "auto"
+
+    out = trainer.train_and_evaluate(c, str(tmp_path / "w"))
+    assert out["metrics"]["step"] == 2 and np.isfinite(out["metrics"]["train_loss"])
+    # What init_state starts from: the tag's weights with a new 10-class head, merged into fresh variables
+    # (numpy-filled here: compiling the initialiser again would cost seconds).
+    import jax.numpy as jnp
+    from parity import random_variables
+
+    model = trainer.create_model(c)
+    fresh = random_variables(model, jnp.zeros((1, 32, 32, 3)))
+    loaded = trainer.load_pretrained(c, fresh, jax.random.key(0))
+    ref = convert.from_torch("squeezenet1_1", sd)["params"]
+    flat_ref = {jax.tree_util.keystr(p): np.asarray(v) for p, v in jax.tree_util.tree_leaves_with_path(ref)}
+    same = head = 0
+    for p, v in jax.tree_util.tree_leaves_with_path(loaded["params"]):
+        r = flat_ref[jax.tree_util.keystr(p)]
+        if r.shape == v.shape:
+            np.testing.assert_array_equal(np.asarray(v), r)
+            same += 1
+        else:
+            assert v.shape[-1] == 10
+            head += 1
+    assert same >= 20 and head == 2  # the final conv's kernel and bias
+
+
+def test_init_from_tag_errors(env, digits_tag):
+    from train import checks
+
+    def err(**overrides):
+        c = _finetune_config(env["data_dir"])
+        for k, v in overrides.items():
+            node = c
+            *parents, leaf = k.split(".")
+            for p in parents:
+                node = node[p]
+            node[leaf] = v
+        with pytest.raises(checks.ConfigError) as e:
+            checks.validate(c, num_devices=1)
+        return str(e.value)
+
+    msg = err(**{"model.init_from": "squeezenet1_1.test_digit"})
+    assert "config.model.init_from='squeezenet1_1.test_digit'" in msg and FT_TAG in msg  # close match named
+    msg = err(**{"model.name": "squeezenet1_0"})
+    assert "this tag is for 'squeezenet1_1'" in msg and "--config.model.name=squeezenet1_1" in msg
+    assert "config.model.in_chans=1" in err(**{"model.in_chans": 1})
+    assert "config.data.interpolation='cubic'" in err(**{"data.interpolation": "cubic"})
+    assert "config.data.eval_transform='tag'" in err(**{"data.eval_transform": "tag"})
+    # A path-like value is a file, not a tag: a missing file says so.
+    assert "an existing checkpoint file" in err(**{"model.init_from": "weights/squeezenet1_1.pth"})
+    assert checks.init_from_is_tag("mobilenet_v3_large_100.ra_in1k")
+    assert not checks.init_from_is_tag("model.safetensors") and not checks.init_from_is_tag("~/x.tv_in1k")
+
+
+def test_fine_tune_config_from_published_tag_validates(env):
+    """configs/finetune_digits_from_tag.py names a real tag (metadata only: nothing is fetched here)."""
+    from train import checks, data
+
+    c = _load_config_file("finetune_digits_from_tag")
+    c.data.data_dir = env["data_dir"]
+    checks.validate(c, num_devices=1)
+    tag = checks.pretrained_tag_cfg(c)
+    assert tag.tag == c.model.init_from and tag.model == c.model.name
+    tf = data.make_preprocess(c, train=False).eval_tf
+    assert (tf.interpolation, tf.mean, tf.std) == (tag.interpolation, tuple(tag.mean), tuple(tag.std))
+
+
+def test_pipeline_transforms_match_torchvision(torchvision):
+    """train/data.py's per-example transform is lightjax.transforms: torchvision's pixels, eval and train."""
+    import math
+
+    from PIL import Image
+    from sklearn.datasets import load_sample_image
+
+    from lightjax import transforms
+    from train import data
+
+    T, F = torchvision.transforms, torchvision.transforms.functional
+    img = load_sample_image("china.jpg")[13:314, 20:477]  # 301x457: odd sizes
+    c = make_config({"model.name": "mobilenet_v1_025", "model.in_chans": 3, "data.image_size": 48,
+                     "data.augment": "imagenet", "data.flip": True, "data.eval_crop_pct": 0.875,
+                     "data.interpolation": "bicubic", "data.mean": (0.485, 0.456, 0.406),
+                     "data.std": (0.229, 0.224, 0.225)})
+    norm = T.Normalize(c.data.mean, c.data.std)
+    ex = {"image": img, "label": 3}
+    got = data.make_preprocess(c, train=False)(ex, None)
+    ref = T.Compose([T.Resize(math.floor(48 / 0.875), interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(48),
+                     T.ToTensor(), norm])(Image.fromarray(img))
+    np.testing.assert_array_equal(got["image"], ref.numpy().transpose(1, 2, 0))
+    assert got["label"] == 3
+    pre = data.make_preprocess(c, train=True)
+    flips = set()
+    for seed in range(6):
+        got = pre(ex, np.random.default_rng(seed))["image"]
+        rng = np.random.default_rng(seed)  # the same draws, in the same order: crop parameters, then the flip
+        i, j, h, w = transforms.random_resized_crop_params(301, 457, rng, tuple(c.data.crop_scale),
+                                                           tuple(c.data.crop_ratio))
+        crop = F.resized_crop(Image.fromarray(img), i, j, h, w, [48, 48], interpolation=T.InterpolationMode.BICUBIC)
+        flip = rng.random() < 0.5
+        flips.add(flip)
+        ref = norm(F.to_tensor(F.hflip(crop) if flip else crop)).numpy().transpose(1, 2, 0)
+        np.testing.assert_array_equal(got, ref)
+    assert flips == {True, False}
+    # Grey digits into a 1-channel model keep one channel through the same resize.
+    c1 = make_config({"data.image_size": 32, "data.mean": (0.5,), "data.std": (0.5,)})
+    digit = (np.arange(64, dtype=np.uint8).reshape(8, 8, 1) * 4)
+    out = data.make_preprocess(c1, train=False)({"image": digit, "label": 0}, None)["image"]
+    ref = T.Compose([T.Resize(32), T.ToTensor(), T.Normalize((0.5,), (0.5,))])(Image.fromarray(digit[..., 0]))
+    np.testing.assert_array_equal(out, ref.numpy().transpose(1, 2, 0))

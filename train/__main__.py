@@ -2,6 +2,9 @@
 
 Multi-host: on TPU VMs ``jax.distributed.initialize()`` is called automatically; elsewhere pass
 ``--coordinator_address=HOST:PORT --num_processes=N --process_id=I`` to every process.
+
+Environment: ``LIGHTJAX_TUNE_MALLOC=1`` applies :func:`train.malloc.tune_glibc_malloc` at start-up (opt-in glibc
+settings that keep XLA's large buffers mapped; a trade-off, see that module); the log says what it did.
 """
 
 from __future__ import annotations
@@ -31,13 +34,13 @@ def main(argv) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     import jax
 
-    # Opt-in glibc settings (lightjax.malloc: big models' steps faster, compiles and small runs slower), applied
+    # Opt-in glibc settings (train.malloc: big models' steps faster, compiles and small runs slower), applied
     # before XLA's threads allocate.
     malloc = None
     if os.environ.get("LIGHTJAX_TUNE_MALLOC") == "1":
-        import lightjax
+        from train.malloc import tune_glibc_malloc
 
-        malloc = lightjax.tune_glibc_malloc()
+        malloc = tune_glibc_malloc()
     if FLAGS.config.model.dtype == "float64":  # must be on before the first array is made
         jax.config.update("jax_enable_x64", True)
     if FLAGS.coordinator_address:

@@ -91,15 +91,77 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
         raise ConfigError("ema_decay", config.ema_decay, "in [0, 1)")
     if not 0 < config.data.eval_crop_pct <= 1:
         raise ConfigError("data.eval_crop_pct", config.data.eval_crop_pct, "in (0, 1]")
+    _one_of("data.eval_transform", config.data.eval_transform, ["auto", "config"])
+    from lightjax import transforms
+
+    _one_of("data.interpolation", config.data.interpolation, sorted(transforms.INTERPOLATIONS))
+    if not isinstance(config.data.eval_resize_size, int) or config.data.eval_resize_size < 0:
+        raise ConfigError("data.eval_resize_size", config.data.eval_resize_size, "an integer >= 0 (0: use eval_crop_pct)")
+    init_from = config.model.init_from
+    if init_from_is_tag(init_from):
+        cfg = pretrained_tag_cfg(config)
+        if cfg.model != config.model.name:
+            raise ConfigError("model.init_from", init_from, f"a pretrained tag of config.model.name="
+                              f"{config.model.name!r} (this tag is for {cfg.model!r}: set --config.model.name="
+                              f"{cfg.model})")
+        if config.model.in_chans != 3:
+            raise ConfigError("model.in_chans", config.model.in_chans, "3 when model.init_from is a pretrained tag "
+                              "(its stem takes RGB; grey images are replicated to 3 channels)")
+        if config.model.init_format != "auto":
+            raise ConfigError("model.init_format", config.model.init_format, "'auto' when model.init_from is a "
+                              "pretrained tag")
+    elif init_from and "://" not in init_from and not os.path.exists(os.path.expanduser(init_from)):
+        raise ConfigError("model.init_from", init_from, "an existing checkpoint file or directory, or a pretrained "
+                          "tag 'name.tag' (lightjax.pretrained.list_pretrained())")
     for field in ("data.mean", "data.std"):
         v = tuple(_get(config, field))
         if len(v) not in (1, config.model.in_chans):
             raise ConfigError(field, v, f"1 or model.in_chans={config.model.in_chans} values")
-    init_from = config.model.init_from
-    if init_from and "://" not in init_from and not os.path.exists(os.path.expanduser(init_from)):
-        raise ConfigError("model.init_from", init_from, "an existing checkpoint file or directory")
     if config.optimizer.weight_decay < 0:
         raise ConfigError("optimizer.weight_decay", config.optimizer.weight_decay, ">= 0")
+
+
+def _checkpoint_suffixes():
+    # Files that model.init_from names by suffix (what lightjax.convert reads); anything else that is not an
+    # existing path is a pretrained tag.
+    from lightjax.convert.files import CHECKPOINT_SUFFIXES, FLAX_SUFFIXES
+
+    return CHECKPOINT_SUFFIXES + FLAX_SUFFIXES
+
+
+def init_from_is_tag(init_from: str) -> bool:
+    """Whether ``model.init_from`` names a pretrained tag ("name.tag" or a model name: its default tag).
+
+    A path that exists, anything with a directory separator, ``~`` or ``://``, and names ending in a checkpoint
+    suffix (the ones lightjax.convert reads) are files; everything else is looked up as a tag.
+    """
+    if not init_from or "://" in init_from or init_from.startswith("~") or "/" in init_from or os.sep in init_from:
+        return False
+    if os.path.exists(init_from):
+        return False
+    return not init_from.lower().endswith(_checkpoint_suffixes())
+
+
+def pretrained_tag_cfg(config: ml_collections.ConfigDict):
+    """The ``PretrainedCfg`` of ``config.model.init_from`` when it is a tag, else None.
+
+    Raises:
+      ConfigError: the tag is not registered (the message lists close matches).
+    """
+    init_from = config.model.init_from
+    if not init_from_is_tag(init_from):
+        return None
+    from lightjax import pretrained
+
+    try:
+        return pretrained.pretrained_cfg(init_from)
+    except (ValueError, KeyError) as e:
+        import difflib
+
+        close = difflib.get_close_matches(init_from, pretrained.list_pretrained(), n=4, cutoff=0.6)
+        hint = f"; close matches: {close}" if close else ""
+        raise ConfigError("model.init_from", init_from, f"a registered pretrained tag or an existing checkpoint "
+                          f"path{hint} ({e})") from None
 
 
 def _get(config: ml_collections.ConfigDict, dotted: str) -> Any:
@@ -109,4 +171,4 @@ def _get(config: ml_collections.ConfigDict, dotted: str) -> Any:
     return v
 
 
-__all__: List[str] = ["ConfigError", "validate", "check_known_fields"]
+__all__: List[str] = ["ConfigError", "validate", "check_known_fields", "init_from_is_tag", "pretrained_tag_cfg"]

@@ -19,7 +19,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.drop_rate = -1.0  # < 0: the architecture's reference default
     c.model.dtype = "float32"  # "float32" | "bfloat16" (bf16 compute, float32 params) | "float64" (all float64:
     # numerics checks; python -m train turns on jax_enable_x64 for it)
-    # Fine-tuning: start from a converted PyTorch checkpoint (.pth/.safetensors, read with
+    # Fine-tuning: start from a pretrained tag ("mobilenet_v3_large_100.ra_in1k", see
+    # lightjax.pretrained.list_pretrained; loaded with load_model(tag, num_classes=data.num_classes): a new
+    # head when the class count differs), a converted PyTorch checkpoint (.pth/.safetensors, read with
     # lightjax.convert.from_torch(strict=False): the head is re-initialised when num_classes differs) or a
     # lightjax Orbax checkpoint directory (a workdir's step dir or its "state" item).
     c.model.init_from = ""
@@ -39,7 +41,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.crop_ratio = (3.0 / 4.0, 4.0 / 3.0)
     c.data.pad = 4
     c.data.flip = True
-    c.data.eval_crop_pct = 1.0  # eval: resize shorter side to image_size / crop_pct, centre crop
+    c.data.eval_crop_pct = 1.0  # eval: resize shorter side to floor(image_size / crop_pct), centre crop
+    c.data.eval_resize_size = 0  # > 0: eval resizes the shorter side to this instead (torchvision style)
+    c.data.interpolation = "bilinear"  # PIL filter of every resize (train and eval): "bilinear" | "bicubic" | ...
+    # "auto": when model.init_from is a pretrained tag, evaluation uses the tag's transform (its crop fraction,
+    # interpolation, mean/std) at image_size and training its mean/std (data.eval_crop_pct, eval_resize_size,
+    # interpolation (eval), mean and std are then not used); "config": always the data.* fields above.
+    c.data.eval_transform = "auto"
     c.data.mean = (0.485, 0.456, 0.406)
     c.data.std = (0.229, 0.224, 0.225)
     c.data.worker_count = 0  # grain worker processes (0 = in the main process)
@@ -81,4 +89,28 @@ def base_config() -> ml_collections.ConfigDict:
     c.async_checkpointing = True
     c.progress_bar = True
     c.plot = True
+    return c
+
+
+def imagenet_base() -> ml_collections.ConfigDict:
+    """``base_config()`` with what every ImageNet recipe in ``configs/*_imagenet.py`` shares.
+
+    Data: ``imagenet2012`` (prepared as array_record in ``data.data_dir``), evaluated on ``validation``, 1000
+    classes, 224 px, random resized crop + flip for training (``augment="imagenet"``), the usual 0.875 centre
+    crop for evaluation, 16 grain workers. Cadence: a log line every 100 steps, a checkpoint every 2000 (and
+    evaluation once per epoch, the ``base_config()`` default). Each config then sets its paper's model,
+    optimiser, schedule, batch size and length, and whatever else its recipe says (input size, crop scale,
+    mean/std, dropout, EMA, label smoothing).
+    """
+    c = base_config()
+    c.data.dataset = "imagenet2012"
+    c.data.train_split = "train"
+    c.data.eval_split = "validation"
+    c.data.num_classes = 1000
+    c.data.image_size = 224
+    c.data.augment = "imagenet"
+    c.data.eval_crop_pct = 0.875
+    c.data.worker_count = 16
+    c.log_every_steps = 100
+    c.checkpoint_every_steps = 2000
     return c

@@ -20,70 +20,13 @@ from typing import Any, Dict, Iterator, Optional, Tuple
 import grain.python as grain
 import ml_collections
 import numpy as np
-from PIL import Image
+
+from lightjax import transforms
 
 # ----------------------------------------------------------------------------------------------------------
-# Image ops (numpy/PIL, HWC uint8 in, float32 out).
+# Per-example transforms. Every resize, crop and normalisation is lightjax.transforms' (the one resize
+# implementation, pixel-exact with torchvision/timm); this file only wires them to the config.
 # ----------------------------------------------------------------------------------------------------------
-
-
-def _resize(img: np.ndarray, h: int, w: int) -> np.ndarray:
-    """Bilinear resize of an HWC uint8 image (antialiased when shrinking, as torchvision's PIL path)."""
-    if img.shape[0] == h and img.shape[1] == w:
-        return img
-    chans = [Image.fromarray(img[..., c]).resize((w, h), Image.BILINEAR) for c in range(img.shape[-1])]
-    return np.stack([np.asarray(c) for c in chans], axis=-1)
-
-
-def random_resized_crop(
-    img: np.ndarray, size: int, rng: np.random.Generator, scale: Tuple[float, float], ratio: Tuple[float, float]
-) -> np.ndarray:
-    """torchvision ``RandomResizedCrop``: area fraction in ``scale``, log-uniform aspect ``ratio``, 10 tries,
-    then a centre crop clamped to ``ratio``."""
-    height, width = img.shape[:2]
-    area = height * width
-    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
-    for _ in range(10):
-        target_area = area * rng.uniform(scale[0], scale[1])
-        aspect = math.exp(rng.uniform(*log_ratio))
-        w = int(round(math.sqrt(target_area * aspect)))
-        h = int(round(math.sqrt(target_area / aspect)))
-        if 0 < w <= width and 0 < h <= height:
-            i = int(rng.integers(0, height - h + 1))
-            j = int(rng.integers(0, width - w + 1))
-            return _resize(img[i : i + h, j : j + w], size, size)
-    in_ratio = width / height
-    if in_ratio < ratio[0]:
-        w, h = width, int(round(width / ratio[0]))
-    elif in_ratio > ratio[1]:
-        h, w = height, int(round(height * ratio[1]))
-    else:
-        w, h = width, height
-    i, j = (height - h) // 2, (width - w) // 2
-    return _resize(img[i : i + h, j : j + w], size, size)
-
-
-def pad_crop(img: np.ndarray, size: int, pad: int, rng: np.random.Generator) -> np.ndarray:
-    """CIFAR ``RandomCrop(size, padding=pad)`` (zero padding) after resizing to ``size``."""
-    img = _resize(img, size, size)
-    if pad <= 0:
-        return img
-    padded = np.pad(img, ((pad, pad), (pad, pad), (0, 0)))
-    i, j = rng.integers(0, 2 * pad + 1, size=2)
-    return padded[i : i + size, j : j + size]
-
-
-def resize_center_crop(img: np.ndarray, size: int, crop_pct: float) -> np.ndarray:
-    """Eval transform: resize the shorter side to ``size / crop_pct``, centre crop ``size``."""
-    height, width = img.shape[:2]
-    short = int(math.floor(size / crop_pct))
-    if height <= width:
-        nh, nw = short, max(short, int(round(width * short / height)))
-    else:
-        nw, nh = short, max(short, int(round(height * short / width)))
-    img = _resize(img, nh, nw)
-    i, j = (nh - size) // 2, (nw - size) // 2
-    return img[i : i + size, j : j + size]
 
 
 def _match_channels(img: np.ndarray, in_chans: int) -> np.ndarray:
@@ -113,26 +56,28 @@ class Preprocess:
     crop_ratio: Tuple[float, float]
     pad: int
     flip: bool
-    eval_crop_pct: float
-    mean: Tuple[float, ...]
+    interpolation: str  # PIL filter of the training resizes
+    mean: Tuple[float, ...]  # training normalisation
     std: Tuple[float, ...]
+    eval_tf: transforms.EvalTransform  # resize shorter side, centre crop, normalise (its own mean/std)
     image_key: str
     label_key: str
 
     def __call__(self, example: Dict[str, Any], rng: Optional[np.random.Generator]) -> Dict[str, np.ndarray]:
         img = _match_channels(np.asarray(example[self.image_key]), self.in_chans)
         if self.train and self.augment == "imagenet":
-            img = random_resized_crop(img, self.image_size, rng, self.crop_scale, self.crop_ratio)
+            img = transforms.random_resized_crop(img, self.image_size, rng, self.crop_scale, self.crop_ratio,
+                                                 self.interpolation)
         elif self.train and self.augment == "cifar":
-            img = pad_crop(img, self.image_size, self.pad, rng)
-        else:
-            img = resize_center_crop(img, self.image_size, self.eval_crop_pct)
-        if self.train and self.flip and rng.random() < 0.5:
-            img = img[:, ::-1]
-        mean = np.asarray(self.mean, np.float32) * 255.0
-        std = np.asarray(self.std, np.float32) * 255.0
-        x = (img.astype(np.float32) - mean) / std
-        return {"image": x, "label": np.int32(example[self.label_key])}
+            img = transforms.pad_crop(img, self.image_size, self.pad, rng, self.interpolation)
+        else:  # eval, and augment="none" training: the eval resize + centre crop, on the model's channels
+            img = self.eval_tf.crop(img)
+            if not self.train:
+                return {"image": transforms.normalize(img, self.eval_tf.mean, self.eval_tf.std),
+                        "label": np.int32(example[self.label_key])}
+        if self.flip:
+            img = transforms.random_hflip(img, rng)
+        return {"image": transforms.normalize(img, self.mean, self.std), "label": np.int32(example[self.label_key])}
 
 
 class _TrainMap(grain.RandomMapTransform):
@@ -143,8 +88,42 @@ class _TrainMap(grain.RandomMapTransform):
         return self.fn(element, rng)
 
 
+def resolve_transform(config: ml_collections.ConfigDict) -> Dict[str, Any]:
+    """The normalisation and eval-transform settings a run uses.
+
+    With ``data.eval_transform="auto"`` and ``model.init_from`` a pretrained tag, the tag's own transform
+    (resize rule as its crop_pct, interpolation, mean/std) is used for evaluation at ``data.image_size`` and
+    its mean/std for training, so a fine-tune sees the statistics its weights were trained with. Otherwise the
+    ``data.*`` fields.
+
+    Returns:
+      dict with ``mean``, ``std`` (training), ``eval`` (an :class:`lightjax.transforms.EvalTransform`) and
+      ``source`` (a one-line description for the log).
+    """
+    from train import checks
+
+    d = config.data
+    size = int(d.image_size)
+    cfg = checks.pretrained_tag_cfg(config) if d.eval_transform == "auto" else None
+    if cfg is None:
+        resize = {"resize_size": int(d.eval_resize_size)} if d.eval_resize_size > 0 else \
+            {"crop_pct": float(d.eval_crop_pct)}
+        tf = transforms.eval_transform(crop_size=size, interpolation=d.interpolation, mean=tuple(d.mean),
+                                       std=tuple(d.std), **resize)
+        return {"mean": tuple(d.mean), "std": tuple(d.std), "eval": tf, "source": "config.data"}
+    # The tag's rule at the tag's size is exact; at another image_size it keeps the tag's crop fraction.
+    if size == cfg.crop_size:
+        resize = {"resize_size": int(cfg.resize_shorter)}
+    else:
+        resize = {"crop_pct": cfg.crop_pct if cfg.crop_pct else cfg.crop_size / cfg.resize_size}
+    tf = transforms.eval_transform(crop_size=size, interpolation=cfg.interpolation, mean=tuple(cfg.mean),
+                                   std=tuple(cfg.std), **resize)
+    return {"mean": tuple(cfg.mean), "std": tuple(cfg.std), "eval": tf, "source": f"pretrained tag {cfg.tag}"}
+
+
 def make_preprocess(config: ml_collections.ConfigDict, train: bool) -> Preprocess:
     d = config.data
+    resolved = resolve_transform(config)
     return Preprocess(
         train=train,
         image_size=int(d.image_size),
@@ -154,9 +133,10 @@ def make_preprocess(config: ml_collections.ConfigDict, train: bool) -> Preproces
         crop_ratio=tuple(d.crop_ratio),
         pad=int(d.pad),
         flip=bool(d.flip),
-        eval_crop_pct=float(d.eval_crop_pct),
-        mean=tuple(d.mean),
-        std=tuple(d.std),
+        interpolation=d.interpolation,
+        mean=resolved["mean"],
+        std=resolved["std"],
+        eval_tf=resolved["eval"],
         image_key=d.image_key,
         label_key=d.label_key,
     )

@@ -29,7 +29,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 import lightjax
 import lightjax.models as lm
-from lightjax.models import ops
+from lightjax import ops
 from train import checks, data, metrics_io, optim
 
 log = logging.getLogger("train")
@@ -69,6 +69,9 @@ def create_model(config: ml_collections.ConfigDict):
         kwargs["param_dtype"] = jnp.float64
     if config.model.drop_rate >= 0:
         kwargs["drop_rate"] = config.model.drop_rate
+    tag_cfg = checks.pretrained_tag_cfg(config)
+    if tag_cfg is not None:  # settings the tag's weights need (e.g. timm MobileNetV1: act="relu6")
+        kwargs = {**dict(tag_cfg.model_kwargs or {}), **kwargs}
     return lm.create_model(config.model.name, **kwargs)
 
 
@@ -111,14 +114,25 @@ def restore_any_topology(path: str) -> Any:
 
 
 def load_pretrained(config: ml_collections.ConfigDict, variables: Dict[str, Any], rng: jax.Array) -> Dict[str, Any]:
-    """Loads ``config.model.init_from`` into freshly initialised ``variables``."""
+    """Loads ``config.model.init_from`` (a pretrained tag, a PyTorch file or an Orbax checkpoint) into freshly
+    initialised ``variables``."""
     path = os.path.expanduser(config.model.init_from)
     fmt = config.model.init_format
     if fmt == "auto":
         fmt = "orbax" if os.path.isdir(path) else "torch"
-    if not os.path.exists(path):
-        raise checks.ConfigError("model.init_from", config.model.init_from, "an existing checkpoint path")
-    if fmt == "torch":
+    tag_cfg = checks.pretrained_tag_cfg(config)
+    if tag_cfg is not None:
+        from lightjax import pretrained  # weights resolution (cache, download) stands above the models
+
+        # num_classes other than the tag's: load_model re-initialises the head (logged).
+        _, loaded = pretrained.load_model(tag_cfg.tag, num_classes=config.data.num_classes,
+                                          in_chans=config.model.in_chans)
+        log.info("init_from: pretrained tag %s (%s); data transform from %s: eval %s", tag_cfg.tag,
+                 tag_cfg.source, *[data.resolve_transform(config)[k] for k in ("source", "eval")])
+    elif not os.path.exists(path):
+        raise checks.ConfigError("model.init_from", config.model.init_from, "an existing checkpoint path or a "
+                                 "pretrained tag")
+    elif fmt == "torch":
         from lightjax import convert  # torch is only imported inside read_checkpoint, for .pth files
 
         loaded = convert.from_torch(config.model.name, path, strict=False, rng=rng,

@@ -10,6 +10,7 @@ array transform). Nothing is ever mapped by order.
 |----------|------------------------------------------------------|------------------------------------|-----------------|
 | conv     | weight (O, I/g, kh, kw), bias                        | params kernel (kh, kw, I/g, O), bias | transpose(2,3,1,0) |
 | linear   | weight (O, I), bias                                  | params kernel (I, O), bias          | .T              |
+| conv1x1_linear | weight (O, I, 1, 1), bias (a 1x1 conv, e.g. timm's ``conv_head``) | params kernel (I, O) of a Flax Linear, bias | [:, :, 0, 0].T |
 | bn       | weight, bias, running_mean, running_var, num_batches_tracked | params scale, bias; batch_stats mean, var | copy (counter dropped) |
 """
 
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-import os
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -40,7 +40,7 @@ class Row:
     Attributes:
       torch: module prefix in the state_dict (``"features.3.squeeze"``).
       flax: module path in the Flax tree (``("features_3", "squeeze")``).
-      kind: ``"conv"``, ``"linear"`` or ``"bn"``.
+      kind: ``"conv"``, ``"linear"``, ``"conv1x1_linear"`` (a 1x1 conv stored as a Flax Linear) or ``"bn"``.
       head: True for the classifier (the only part ``strict=False`` may replace).
     """
 
@@ -62,6 +62,9 @@ class Leaf:
 _LEAVES = {
     "conv": (("weight", "params", "kernel", "conv"), ("bias", "params", "bias", "copy")),
     "linear": (("weight", "params", "kernel", "linear"), ("bias", "params", "bias", "copy")),
+    # A 1x1 conv on a pooled (N, 1, 1, C) map is a Linear: timm's MobileNetV3 ``conv_head`` vs torchvision's
+    # ``classifier.0``; the Flax model keeps one Linear and this kind maps the conv's 4-d weight onto it.
+    "conv1x1_linear": (("weight", "params", "kernel", "conv1x1_linear"), ("bias", "params", "bias", "copy")),
     "bn": (
         ("weight", "params", "scale", "copy"),
         ("bias", "params", "bias", "copy"),
@@ -131,8 +134,8 @@ def expand_rows(rows: Iterable[Row], flax_shapes: Mapping[str, Any]) -> List[Lea
             raise ValueError(f"unknown row kind {row.kind!r} in {row}")
         for t_leaf, coll, f_leaf, transform in _LEAVES[row.kind]:
             path = row.flax + (f_leaf,)
-            if _get(flax_shapes.get(coll, {}), path) is None:
-                if t_leaf == "bias" and row.kind in ("conv", "linear"):
+            if get_path(flax_shapes.get(coll, {}), path) is None:
+                if t_leaf == "bias" and row.kind in ("conv", "linear", "conv1x1_linear"):
                     continue  # bias-free conv/linear
                 raise ValueError(
                     f"key table error: {row.torch}.{t_leaf} maps to {coll}/{'/'.join(path)}, which the Flax model lacks"
@@ -141,7 +144,8 @@ def expand_rows(rows: Iterable[Row], flax_shapes: Mapping[str, Any]) -> List[Lea
     return leaves
 
 
-def _get(tree: Mapping[str, Any], path: FlaxPath):
+def get_path(tree: Mapping[str, Any], path: FlaxPath):
+    """The node at ``path`` of a nested mapping, or None."""
     node: Any = tree
     for p in path:
         if not isinstance(node, Mapping) or p not in node:
@@ -150,7 +154,8 @@ def _get(tree: Mapping[str, Any], path: FlaxPath):
     return node
 
 
-def _set(tree: Dict[str, Any], path: FlaxPath, value) -> None:
+def set_path(tree: Dict[str, Any], path: FlaxPath, value) -> None:
+    """Sets the node at ``path``, creating the intermediate mappings."""
     node = tree
     for p in path[:-1]:
         node = node.setdefault(p, {})
@@ -192,6 +197,8 @@ def torch_to_flax_array(value: np.ndarray, transform: str) -> np.ndarray:
         return np.ascontiguousarray(np.transpose(value, (2, 3, 1, 0)))
     if transform == "linear":
         return np.ascontiguousarray(value.T)
+    if transform == "conv1x1_linear":
+        return np.ascontiguousarray(value[:, :, 0, 0].T)
     return value
 
 
@@ -200,6 +207,8 @@ def flax_to_torch_array(value: np.ndarray, transform: str) -> np.ndarray:
         return np.ascontiguousarray(np.transpose(value, (3, 2, 0, 1)))
     if transform == "linear":
         return np.ascontiguousarray(value.T)
+    if transform == "conv1x1_linear":
+        return np.ascontiguousarray(value.T[:, :, None, None])
     return value
 
 
@@ -209,6 +218,9 @@ def torch_shape(flax_shape: Tuple[int, ...], transform: str) -> Tuple[int, ...]:
         return (o, i, kh, kw)
     if transform == "linear":
         return tuple(reversed(flax_shape))
+    if transform == "conv1x1_linear":
+        i, o = flax_shape
+        return (o, i, 1, 1)
     return tuple(flax_shape)
 
 
@@ -223,85 +235,6 @@ def to_numpy(value: Any) -> np.ndarray:
     if arr.dtype.kind == "V" or str(arr.dtype) == "bfloat16":
         arr = arr.astype(np.float32)
     return arr
-
-
-# ------------------------------------------------------------------------------------------------------------
-# Reading checkpoints
-# ------------------------------------------------------------------------------------------------------------
-TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
-
-
-def read_checkpoint(src: Any) -> Dict[str, Any]:
-    """Reads a state_dict from a path (``.pth/.pt/.bin/.ckpt`` via ``torch.load(weights_only=True)``,
-    ``.safetensors`` without torch) or passes a mapping through; unwraps ``state_dict``/``model`` nesting and
-    the ``module.`` prefix of DataParallel.
-    """
-    if isinstance(src, Mapping):
-        sd = dict(src)
-    elif isinstance(src, (str, os.PathLike)):
-        sd = _read_file(os.fspath(src))
-    else:
-        raise CheckpointReadError(f"expected a checkpoint path or a state_dict mapping, got {type(src).__name__}")
-    return normalize_state_dict(sd)
-
-
-def _read_file(path: str) -> Dict[str, Any]:
-    if not os.path.isfile(path):
-        raise CheckpointReadError(f"checkpoint file not found: {path}")
-    lower = path.lower()
-    if lower.endswith(".safetensors"):
-        try:
-            from safetensors.numpy import load_file
-        except ImportError as e:  # pragma: no cover - safetensors is a dependency
-            raise CheckpointReadError("reading .safetensors needs the 'safetensors' package") from e
-        try:
-            return dict(load_file(path))
-        except Exception as e:
-            raise CheckpointReadError(f"{path} is not a readable safetensors file ({type(e).__name__}: {e})") from e
-    if lower.endswith(TORCH_SUFFIXES):
-        try:
-            import torch
-        except ImportError as e:
-            raise CheckpointReadError(
-                f"reading {path} needs PyTorch (pip install torch); convert it to .safetensors to load without torch"
-            ) from e
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            msg = str(e).splitlines()[0] if str(e) else ""
-            if "weights_only" in str(e) or "Unsupported global" in str(e):
-                raise CheckpointReadError(
-                    f"{path} holds pickled Python objects beyond tensors; lightjax only reads it with "
-                    f"torch.load(weights_only=True) for safety ({msg})"
-                ) from e
-            raise CheckpointReadError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): {type(e).__name__}: {msg}") from e
-        if not isinstance(obj, Mapping):
-            raise CheckpointReadError(f"{path} holds a {type(obj).__name__}, not a state_dict")
-        return dict(obj)
-    raise CheckpointReadError(
-        f"unsupported checkpoint format {os.path.basename(path)!r}: expected one of "
-        f"{', '.join(TORCH_SUFFIXES + ('.safetensors',))}"
-    )
-
-
-def normalize_state_dict(sd: Dict[str, Any]) -> Dict[str, Any]:
-    for wrapper in ("state_dict", "model", "state_dict_ema", "model_ema"):
-        if wrapper in sd and isinstance(sd[wrapper], Mapping) and not _looks_like_array(sd[wrapper]):
-            sd = dict(sd[wrapper])
-            break
-    non_arrays = [k for k, v in sd.items() if not _looks_like_array(v)]
-    if non_arrays:
-        raise CheckpointReadError(
-            f"not a state_dict: entries {non_arrays[:5]} are not arrays/tensors "
-            f"(top-level keys: {list(sd)[:8]})"
-        )
-    if sd and all(k.startswith("module.") for k in sd):
-        sd = {k[len("module."):]: v for k, v in sd.items()}
-    return sd
-
-
-def _looks_like_array(v: Any) -> bool:
-    return hasattr(v, "shape") and hasattr(v, "dtype")
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -43,7 +43,8 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 import jax
 import numpy as np
 
-from lightjax.convert.core import ConversionError, Row, read_checkpoint, register_layout, to_numpy
+from lightjax.convert.core import ConversionError, Row, register_layout, to_numpy
+from lightjax.convert.files import read_checkpoint
 from lightjax.models import aligned_xception as ax
 from lightjax.models import registry
 from lightjax.models.xception import LEGACY_BLOCKS, LEGACY_EXIT, aligned_plan, legacy_rep

@@ -38,7 +38,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lightjax.models import layers, ops
+from lightjax.models import layers
+from lightjax.models.base import ModelBase
 from lightjax.models.registry import variant
 
 # ----------------------------------------------------------------------------------------------------------
@@ -192,7 +193,7 @@ class SeedBlock(nn.Module):
 # ----------------------------------------------------------------------------------------------------------
 # Model
 # ----------------------------------------------------------------------------------------------------------
-class AlignedXception(nn.Module):
+class AlignedXception(ModelBase):
     """The seed's DeepLabv3+ ``AlignedXception`` (``BatchNorm=nn.BatchNorm2d``).
 
     Attributes:
@@ -205,18 +206,17 @@ class AlignedXception(nn.Module):
 
     output_stride: int = 16
     num_classes: int = 0
-    in_chans: int = 3
-    drop_rate: float = 0.0
-    features_only: bool = False
     out_indices: Sequence[int] = (0, 1, 2, 3)
-    dtype: Optional[Any] = None
-    param_dtype: Any = jnp.float32
 
     @property
-    def feature_info(self) -> list:
+    def model_name(self) -> str:
+        return "aligned_xception"
+
+    def check_family_fields(self) -> None:
         check_output_stride(self.output_stride)
-        return layers.feature_info((64, 128, 256, 2048), (2, 4, 8, self.output_stride), self.out_indices,
-                                   "aligned_xception")
+
+    def feature_levels(self):
+        return (64, 128, 256, 2048), (2, 4, 8, self.output_stride)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False):
@@ -224,8 +224,7 @@ class AlignedXception(nn.Module):
 
         Returns ``(features, low_level_features)`` (num_classes=0), logits, or the feature list.
         """
-        layers.check_input(x, self.in_chans, "aligned_xception")
-        self.feature_info  # validates output_stride and out_indices before any compute
+        self.check_input(x)
         _, _, exit_dilations = OUTPUT_STRIDES[self.output_stride]
         dt, pdt = self.dtype, self.param_dtype
         ckw = dict(use_bias=False, dtype=dt, param_dtype=pdt, kernel_init=layers.kaiming_normal_fan_out)
@@ -251,13 +250,10 @@ class AlignedXception(nn.Module):
             x = nn.relu(_bn(bn_name, dt, pdt)(x, use_running_average=not_train))
         feats.append(x)
         if self.features_only:
-            return layers.select_features(feats, self.out_indices, "aligned_xception")
+            return self.select_features(feats)
         if self.num_classes == 0:
             return x, feats[1]
-        y = ops.global_avg_pool(x)
-        y = nn.Dropout(self.drop_rate, deterministic=not train)(y)
-        y = layers.Linear(self.num_classes, dtype=dt, param_dtype=pdt, name="fc")(y)
-        return y.astype(jnp.float32)
+        return layers.classifier_head(x, self.num_classes, self.drop_rate, train, name="fc", dtype=dt, param_dtype=pdt)
 
 
 # ----------------------------------------------------------------------------------------------------------

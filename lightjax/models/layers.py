@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lightjax.models import ops
+from lightjax import ops
 
 Dtype = Any
 Initializer = Callable[..., jax.Array]
@@ -53,18 +53,10 @@ def torch_bias_init(fan_in: int) -> Initializer:
 # ----------------------------------------------------------------------------------------------------------
 # Activations (PyTorch definitions).
 # ----------------------------------------------------------------------------------------------------------
-def relu6(x: jax.Array) -> jax.Array:
-    return jnp.clip(x, 0, 6)
-
-
-def hard_sigmoid(x: jax.Array) -> jax.Array:
-    """``torch.nn.Hardsigmoid``: relu6(x + 3) / 6."""
-    return relu6(x + 3.0) / 6.0
-
-
-def hard_swish(x: jax.Array) -> jax.Array:
-    """``torch.nn.Hardswish``: x * relu6(x + 3) / 6."""
-    return x * hard_sigmoid(x)
+# Defined in lightjax.ops.act, which also gives the export formulation its HardSwish/HardSigmoid primitives.
+relu6 = ops.relu6
+hard_sigmoid = ops.hard_sigmoid
+hard_swish = ops.hard_swish
 
 
 def identity(x: jax.Array) -> jax.Array:
@@ -170,7 +162,7 @@ class Conv2d(nn.Module):
     """``torch.nn.Conv2d`` in NHWC: explicit (symmetric) padding, groups, dilation, optional bias.
 
     The kernel is stored as ``(kh, kw, in_channels // groups, features)``; how it is computed (XLA grouped
-    conv or a backend-specific formulation) is decided in :mod:`lightjax.models.ops`.
+    conv or a backend-specific formulation) is decided in :mod:`lightjax.ops`.
     """
 
     features: int
@@ -284,7 +276,7 @@ class ConvBnAct(nn.Module):
         k = ops.to_pairs(self.kernel_size)
         pad = self.padding
         if pad is None:
-            pad = ((k[0] - 1) // 2 * self.dilation, (k[1] - 1) // 2 * self.dilation)
+            pad = (torch_padding(k[0], 1, self.dilation), torch_padding(k[1], 1, self.dilation))
         x = Conv2d(
             self.features, k, self.stride, pad, self.dilation, self.groups, use_bias=False,
             dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=self.kernel_init, name=self.conv_name,
@@ -309,12 +301,16 @@ class SqueezeExcite(nn.Module):
     names: Tuple[str, str] = ("fc1", "fc2")
     dtype: Optional[Dtype] = None
     param_dtype: Dtype = jnp.float32
+    kernel_init: Initializer = torch_default_init
+    #: None: PyTorch's default bias init (torchvision MobileNetV3 re-initialises both biases to zero).
+    bias_init: Optional[Initializer] = None
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         c = x.shape[-1]
         s = ops.global_avg_pool(x, keepdims=True)
-        conv = functools.partial(Conv2d, kernel_size=1, use_bias=True, dtype=self.dtype, param_dtype=self.param_dtype)
+        conv = functools.partial(Conv2d, kernel_size=1, use_bias=True, dtype=self.dtype, param_dtype=self.param_dtype,
+                                 kernel_init=self.kernel_init, bias_init=self.bias_init)
         s = conv(self.squeeze_channels, name=self.names[0])(s)
         s = get_act(self.act)(s)
         s = conv(c, name=self.names[1])(s)
@@ -331,6 +327,44 @@ def make_divisible(v: float, divisor: int = 8, min_value: Optional[int] = None) 
     if new_v < 0.9 * v:
         new_v += divisor
     return new_v
+
+
+def round_channels(channels: float, width: float, divisor: int = 8) -> int:
+    """Channels at width multiplier ``width``: torchvision's ``_make_divisible(c * width_mult, 8)`` (MobileNet
+    v2, v3's ``adjust_channels``) == timm's ``round_channels`` (MobileNet v1/v2/v3)."""
+    return make_divisible(channels * width, divisor)
+
+
+def torch_padding(kernel_size: int, stride: int = 1, dilation: int = 1) -> int:
+    """Symmetric padding that keeps ``ceil(size / stride)`` outputs for odd kernels: timm's ``get_padding``,
+    ``((stride - 1) + dilation * (kernel_size - 1)) // 2`` (torchvision's ``(k - 1) // 2 * dilation`` at
+    stride 1)."""
+    return ((stride - 1) + dilation * (kernel_size - 1)) // 2
+
+
+def classifier_head(x: jax.Array, num_classes: int, drop_rate: float, train: bool, *, name: str,
+                    dtype: Optional[Dtype] = None, param_dtype: Dtype = jnp.float32, use_bias: bool = True,
+                    kernel_init: Initializer = torch_default_init, bias_init: Optional[Initializer] = None
+                    ) -> jax.Array:
+    """Global average pool → Dropout → :class:`Linear` ``name``, as float32 logits (timm's ``ClassifierHead``);
+    ``num_classes == 0`` returns the pooled features ``(N, C)``. Call it inside a compact ``__call__``: the
+    Linear is a child of the calling module, so its path is ``<module>/<name>``.
+
+    Args:
+      x: ``(N, H, W, C)`` final feature map.
+      num_classes: classifier outputs (0: none).
+      drop_rate: dropout rate (rng ``"dropout"``; no draw when 0 or not ``train``).
+      train: dropout on.
+      name: the Linear's name (the PyTorch module name: ``fc``, ``classifier_1``, ...).
+      dtype, param_dtype, use_bias, kernel_init, bias_init: as for :class:`Linear`.
+    """
+    x = ops.global_avg_pool(x)
+    if num_classes == 0:
+        return x.astype(jnp.float32)
+    x = nn.Dropout(drop_rate, deterministic=not train)(x)
+    x = Linear(num_classes, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, kernel_init=kernel_init,
+               bias_init=bias_init, name=name)(x)
+    return x.astype(jnp.float32)
 
 
 def check_input(x: jax.Array, in_chans: int, model: str) -> None:

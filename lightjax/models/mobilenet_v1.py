@@ -27,13 +27,14 @@ is a multiple of 8 under both rules, so the two agree exactly (e.g. 0.25: 8, 16,
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lightjax.models import layers, ops
+from lightjax.models import layers
+from lightjax.models.base import ModelBase, width_tag as _width_tag
 from lightjax.models.registry import variant
 
 # ----------------------------------------------------------------------------------------------------------
@@ -51,9 +52,7 @@ STAGES: Tuple[Tuple[int, int, int], ...] = (
 FEATURE_STRIDES = (2, 4, 8, 16, 32)
 
 
-def round_channels(c: int, width: float) -> int:
-    """Channels for width multiplier ``width`` (timm ``round_channels``; see the module docstring)."""
-    return layers.make_divisible(c * width, 8)
+round_channels = layers.round_channels  # timm's rule (see the module docstring)
 
 
 def block_specs(width: float = 1.0) -> List[Tuple[int, int, int, int, int, int]]:
@@ -106,7 +105,7 @@ class DepthwiseSeparable(nn.Module):
 # ----------------------------------------------------------------------------------------------------------
 # Model
 # ----------------------------------------------------------------------------------------------------------
-class MobileNetV1(nn.Module):
+class MobileNetV1(ModelBase):
     """MobileNet v1: stem → 13 depthwise-separable blocks → global average pool → (Dropout) → Linear ``fc``.
 
     Attributes:
@@ -119,23 +118,15 @@ class MobileNetV1(nn.Module):
 
     width: float = 1.0
     act: str = "relu"
-    num_classes: int = 1000
-    in_chans: int = 3
-    drop_rate: float = 0.0
-    features_only: bool = False
-    out_indices: Sequence[int] = (0, 1, 2, 3, 4)
-    dtype: Optional[Any] = None
-    param_dtype: Any = jnp.float32
 
     @property
     def model_name(self) -> str:
-        return f"mobilenet_v1(width={self.width})"
+        return f"mobilenet_v1_{_width_tag(self.width)}"
 
-    @property
-    def feature_info(self) -> list:
-        return layers.feature_info(level_channels(self.width), FEATURE_STRIDES, self.out_indices, self.model_name)
+    def feature_levels(self):
+        return level_channels(self.width), FEATURE_STRIDES
 
-    def _check_fields(self) -> None:
+    def check_family_fields(self) -> None:
         if not self.width > 0:
             raise ValueError(f"{self.model_name}: width must be > 0, got {self.width!r}")
         if self.act not in ("relu", "relu6"):
@@ -144,9 +135,7 @@ class MobileNetV1(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False):
         """Args: x: ``(N, H, W, in_chans)``; train: batch statistics and dropout. Returns float32 logits."""
-        self._check_fields()
-        _ = self.feature_info  # validates out_indices early
-        layers.check_input(x, self.in_chans, self.model_name)
+        self.check_input(x)
         x = layers.ConvBnAct(round_channels(STEM_CHANNELS, self.width), 3, 2, 1, act=self.act,
                              conv_name="0", bn_name="1", dtype=self.dtype, param_dtype=self.param_dtype,
                              kernel_init=layers.torch_default_init, name="model_0")(x, train)
@@ -157,14 +146,24 @@ class MobileNetV1(nn.Module):
             if k + 1 == len(specs) or specs[k + 1][1] != stage:  # last block of a stage ends a stride level
                 feats.append(x)
         if self.features_only:
-            return layers.select_features(feats, self.out_indices, self.model_name)
-        x = ops.global_avg_pool(x)  # == the seed's AvgPool2d(7) at 224 px
-        if self.num_classes == 0:
-            return x.astype(jnp.float32)
-        if self.drop_rate > 0:
-            x = nn.Dropout(self.drop_rate, deterministic=not train)(x)
-        x = layers.Linear(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="fc")(x)
-        return x.astype(jnp.float32)
+            return self.select_features(feats)
+        # The global mean == the seed's AvgPool2d(7) at 224 px.
+        return layers.classifier_head(x, self.num_classes, self.drop_rate, train, name="fc", dtype=self.dtype,
+                                      param_dtype=self.param_dtype)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Pretrained weights (data: lightjax.pretrained registers each row; fields in docs/pretrained.md)
+# ----------------------------------------------------------------------------------------------------------
+from lightjax.models._pretrained_defaults import INCEPTION_MEAN, INCEPTION_STD, TIMM  # noqa: E402
+
+PRETRAINED_CFGS: Dict[str, Dict[str, Any]] = {
+    # timm's MobileNetV1 uses ReLU6 (its key layout requires act="relu6").
+    "mobilenet_v1_100.ra4_e3600_r224_in1k": dict(
+        TIMM, hf_hub_id="timm/mobilenetv1_100.ra4_e3600_r224_in1k", model_kwargs={"act": "relu6"}, mean=INCEPTION_MEAN,
+        std=INCEPTION_STD, test_crop_size=256, test_crop_pct=0.95, top1=75.388, top5=92.310, test_top1=76.088,
+        test_top5=93.006, source="timm mobilenetv1_100.ra4_e3600_r224_in1k"),
+}
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -22,13 +22,14 @@ channels (x width) at strides 2, 4, 8, 16, 32 (capped at ``output_stride``); the
 
 from __future__ import annotations
 
-from typing import Any, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lightjax.models import layers, ops
+from lightjax.models import layers
+from lightjax.models.base import ModelBase, width_tag
 from lightjax.models.registry import variant
 
 # ----------------------------------------------------------------------------------------------------------
@@ -63,9 +64,7 @@ class BlockSpec(NamedTuple):
     level: int  # stride level (0..4) the block belongs to; the last block of a level ends it
 
 
-def round_channels(c: float, width: float) -> int:
-    """torchvision ``_make_divisible(c * width_mult, 8)`` == timm ``round_channels`` (divisor 8, limit 0.9)."""
-    return layers.make_divisible(c * width, 8)
+round_channels = layers.round_channels  # torchvision ``_make_divisible(c * width_mult, 8)`` == timm's
 
 
 def head_channels(width: float) -> int:
@@ -142,7 +141,7 @@ class InvertedResidual(nn.Module):
 # ----------------------------------------------------------------------------------------------------------
 # Model
 # ----------------------------------------------------------------------------------------------------------
-class MobileNetV2(nn.Module):
+class MobileNetV2(ModelBase):
     """MobileNet v2: stem → 17 inverted residuals → 1x1 head conv → global average pool → Dropout → Linear.
 
     Attributes:
@@ -155,36 +154,26 @@ class MobileNetV2(nn.Module):
 
     width: float = 1.0
     output_stride: int = 32
-    num_classes: int = 1000
-    in_chans: int = 3
     drop_rate: float = 0.2
-    features_only: bool = False
-    out_indices: Sequence[int] = (0, 1, 2, 3, 4)
-    dtype: Optional[Any] = None
-    param_dtype: Any = jnp.float32
 
     @property
     def model_name(self) -> str:
-        return f"mobilenet_v2(width={self.width})"
+        return f"mobilenet_v2_{width_tag(self.width)}"
 
-    def _check_fields(self) -> None:
+    def check_family_fields(self) -> None:
         if not self.width > 0:
             raise ValueError(f"{self.model_name}: width must be > 0, got {self.width!r}")
         if self.output_stride not in OUTPUT_STRIDES:
             raise ValueError(f"{self.model_name}: output_stride must be one of {OUTPUT_STRIDES}, "
                              f"got {self.output_stride!r}")
 
-    @property
-    def feature_info(self) -> list:
-        self._check_fields()
-        strides = tuple(min(s, self.output_stride) for s in (2, 4, 8, 16, 32))
-        return layers.feature_info(level_channels(self.width), strides, self.out_indices, self.model_name)
+    def feature_levels(self):
+        return level_channels(self.width), tuple(min(s, self.output_stride) for s in (2, 4, 8, 16, 32))
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False):
         """Args: x: ``(N, H, W, in_chans)``; train: batch statistics and dropout. Returns float32 logits."""
-        _ = self.feature_info  # validates width, output_stride and out_indices early
-        layers.check_input(x, self.in_chans, self.model_name)
+        self.check_input(x)
         cba = dict(act="relu6", conv_name="0", bn_name="1", dtype=self.dtype, param_dtype=self.param_dtype)
         x = layers.ConvBnAct(round_channels(STEM_CHANNELS, self.width), 3, 2, 1, name="features_0", **cba)(x, train)
         specs = block_specs(self.width, self.output_stride)
@@ -195,16 +184,34 @@ class MobileNetV2(nn.Module):
             if k + 1 == len(specs) or specs[k + 1].level != b.level:
                 feats.append(x)
         if self.features_only:
-            return layers.select_features(feats, self.out_indices, self.model_name)
+            return self.select_features(feats)
         x = layers.ConvBnAct(head_channels(self.width), 1, 1, 0, name=f"features_{len(specs) + 1}", **cba)(x, train)
-        x = ops.global_avg_pool(x)
-        if self.num_classes == 0:
-            return x.astype(jnp.float32)
-        x = nn.Dropout(self.drop_rate, deterministic=not train)(x)
-        x = layers.Linear(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
-                          kernel_init=layers.normal_init(0.01), bias_init=nn.initializers.zeros,
-                          name="classifier_1")(x)
-        return x.astype(jnp.float32)
+        return layers.classifier_head(x, self.num_classes, self.drop_rate, train, name="classifier_1",
+                                      dtype=self.dtype, param_dtype=self.param_dtype,
+                                      kernel_init=layers.normal_init(0.01), bias_init=nn.initializers.zeros)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Pretrained weights (data: lightjax.pretrained registers each row; fields in docs/pretrained.md)
+# ----------------------------------------------------------------------------------------------------------
+from lightjax.models._pretrained_defaults import TIMM, TIMM_URL, TV, TV_URL  # noqa: E402
+
+PRETRAINED_CFGS: Dict[str, Dict[str, Any]] = {
+    "mobilenet_v2_100.tv_in1k": dict(TV, url=TV_URL + "mobilenet_v2-b0353104.pth", sha256="b0353104", resize_size=256,
+                                     top1=71.878, top5=90.286, source="torchvision MobileNet_V2_Weights.IMAGENET1K_V1"),
+    "mobilenet_v2_100.tv2_in1k": dict(TV, url=TV_URL + "mobilenet_v2-7ebf99e0.pth", sha256="7ebf99e0", resize_size=232,
+                                      top1=72.154, top5=90.822,
+                                      source="torchvision MobileNet_V2_Weights.IMAGENET1K_V2"),
+    "mobilenet_v2_050.lamb_in1k": dict(TIMM, hf_hub_id="timm/mobilenetv2_050.lamb_in1k", sha256="3d30d450",
+                                       url=TIMM_URL + "v0.1-weights/mobilenetv2_050-3d30d450.pth",
+                                       top1=65.928, top5=86.114, source="timm mobilenetv2_050.lamb_in1k"),
+    "mobilenet_v2_100.ra_in1k": dict(TIMM, hf_hub_id="timm/mobilenetv2_100.ra_in1k", sha256="b33bc2c4",
+                                     url=TIMM_URL + "v0.1-weights/mobilenetv2_100_ra-b33bc2c4.pth",
+                                     top1=72.910, top5=91.000, source="timm mobilenetv2_100.ra_in1k"),
+    "mobilenet_v2_140.ra_in1k": dict(TIMM, hf_hub_id="timm/mobilenetv2_140.ra_in1k", sha256="21a4e913",
+                                     url=TIMM_URL + "v0.1-weights/mobilenetv2_140_ra-21a4e913.pth",
+                                     top1=76.528, top5=93.008, source="timm mobilenetv2_140.ra_in1k"),
+}
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -18,13 +18,15 @@ Flax paths mirror the PyTorch keys (index segments joined to their parent with `
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lightjax.models import layers, ops
+from lightjax import ops
+from lightjax.models import layers
+from lightjax.models.base import ModelBase, width_tag
 from lightjax.models.registry import variant
 
 
@@ -104,9 +106,7 @@ class BlockConfig(NamedTuple):
     dilation: int
 
 
-def _adjust(channels: float, width: float) -> int:
-    """torchvision ``InvertedResidualConfig.adjust_channels``."""
-    return layers.make_divisible(channels * width, 8)
+_adjust = layers.round_channels  # torchvision ``InvertedResidualConfig.adjust_channels``
 
 
 def check_arch(arch: str, output_stride: int, model: str = "MobileNetV3") -> None:
@@ -186,30 +186,6 @@ def level_layout(arch: str, width: float = 1.0, output_stride: int = 32) -> Tupl
 # ----------------------------------------------------------------------------------------------------------
 # Blocks
 # ----------------------------------------------------------------------------------------------------------
-class SqueezeExcitation(nn.Module):
-    """torchvision ``SqueezeExcitation(expanded, squeeze, scale_activation=Hardsigmoid)``: pool → fc1 → ReLU
-    → fc2 → hardsigmoid → scale.
-
-    Same computation as :class:`lightjax.models.layers.SqueezeExcite`; kept here because torchvision
-    MobileNetV3 re-initialises ``fc1``/``fc2`` like every conv (kaiming-normal fan-out weights, zero biases)
-    and the shared block has no init hooks.
-    """
-
-    squeeze_channels: int
-    dtype: Optional[Any] = None
-    param_dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        c = x.shape[-1]
-        s = ops.global_avg_pool(x, keepdims=True)
-        kw = dict(kernel_size=1, use_bias=True, dtype=self.dtype, param_dtype=self.param_dtype,
-                  kernel_init=layers.kaiming_normal_fan_out, bias_init=nn.initializers.zeros)
-        s = nn.relu(layers.Conv2d(self.squeeze_channels, name="fc1", **kw)(s))
-        s = layers.Conv2d(c, name="fc2", **kw)(s)
-        return x * layers.hard_sigmoid(s)
-
-
 class InvertedResidual(nn.Module):
     """torchvision ``InvertedResidual``: ``block`` = [expand 1x1] → depthwise kxk → [SE] → project 1x1;
     residual when the table stride is 1 and in == out channels. Children of ``block`` are numbered as in
@@ -218,6 +194,7 @@ class InvertedResidual(nn.Module):
     cfg: BlockConfig
     dtype: Optional[Any] = None
     param_dtype: Any = jnp.float32
+    bn_eps: float = BN_EPS
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -225,7 +202,7 @@ class InvertedResidual(nn.Module):
         if x.shape[-1] != c.in_ch:
             raise ValueError(f"{self.name}: expected {c.in_ch} input channels, got {x.shape[-1]}")
         act = _ACT[c.activation]
-        cba = dict(bn_momentum=BN_MOMENTUM, bn_eps=BN_EPS, dtype=self.dtype, param_dtype=self.param_dtype,
+        cba = dict(bn_momentum=BN_MOMENTUM, bn_eps=self.bn_eps, dtype=self.dtype, param_dtype=self.param_dtype,
                    kernel_init=layers.kaiming_normal_fan_out)
         i = 0
         y = x
@@ -236,7 +213,11 @@ class InvertedResidual(nn.Module):
                              act=act, name=f"block_{i}", **cba)(y, train)
         i += 1
         if c.use_se:
-            y = SqueezeExcitation(se_channels(c.expanded), self.dtype, self.param_dtype, name=f"block_{i}")(y)
+            # torchvision SqueezeExcitation(expanded, squeeze, scale_activation=Hardsigmoid); MobileNetV3
+            # re-initialises fc1/fc2 like every conv (kaiming-normal fan-out weights, zero biases).
+            y = layers.SqueezeExcite(se_channels(c.expanded), "relu", "hard_sigmoid", dtype=self.dtype,
+                                     param_dtype=self.param_dtype, kernel_init=layers.kaiming_normal_fan_out,
+                                     bias_init=nn.initializers.zeros, name=f"block_{i}")(y)
             i += 1
         y = layers.ConvBnAct(c.out, 1, act=None, name=f"block_{i}", **cba)(y, train)
         if c.stride == 1 and c.in_ch == c.out:
@@ -247,7 +228,7 @@ class InvertedResidual(nn.Module):
 # ----------------------------------------------------------------------------------------------------------
 # Model
 # ----------------------------------------------------------------------------------------------------------
-class MobileNetV3(nn.Module):
+class MobileNetV3(ModelBase):
     """MobileNetV3 as torchvision builds it: ``features`` (stem, inverted residuals, 1x1 conv to 6x) →
     global average pool → classifier Linear → Hardswish → Dropout → Linear.
 
@@ -259,29 +240,31 @@ class MobileNetV3(nn.Module):
       drop_rate: dropout before the last Linear (torchvision 0.2).
       output_stride: 32, 16 (torchvision ``dilated=True``) or 8, through dilation.
       features_only: return the maps at the end of each stride level (see :func:`level_layout`).
+      bn_eps: BatchNorm epsilon: torchvision's 1e-3 (default); timm's MobileNetV3 weights need 1e-5 (its
+        key layout requires it, and ``lightjax.models.load_model`` sets it).
     """
 
     arch: str = "large"
     width: float = 1.0
-    num_classes: int = 1000
-    in_chans: int = 3
     drop_rate: float = 0.2
     output_stride: int = 32
-    features_only: bool = False
-    out_indices: Sequence[int] = (0, 1, 2, 3, 4)
-    dtype: Optional[Any] = None
-    param_dtype: Any = jnp.float32
+    bn_eps: float = BN_EPS
 
     @property
     def model_name(self) -> str:
         """Registry-style name for error messages (``mobilenet_v3_large_100``)."""
-        return f"mobilenet_v3_{self.arch}_{round(float(self.width) * 100):03d}"
+        return f"mobilenet_v3_{self.arch}_{width_tag(self.width)}"
 
-    @property
-    def feature_info(self) -> list:
+    def check_family_fields(self) -> None:
         check_arch(self.arch, self.output_stride, self.model_name)
+        if not self.width > 0:
+            raise ValueError(f"{self.model_name}: width must be positive, got {self.width!r}")
+        if not 0 < self.bn_eps < 1:
+            raise ValueError(f"{self.model_name}: bn_eps must be in (0, 1), got {self.bn_eps!r}")
+
+    def feature_levels(self):
         _, chans, strides = level_layout(self.arch, self.width, self.output_stride)
-        return layers.feature_info(chans, strides, self.out_indices, self.model_name)
+        return chans, strides
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False):
@@ -289,15 +272,10 @@ class MobileNetV3(nn.Module):
 
         Returns logits ``(N, num_classes)`` float32, or a list of NHWC maps when ``features_only``.
         """
-        name = self.model_name
-        info = self.feature_info  # validates arch, output_stride and out_indices before any work
-        del info
-        layers.check_input(x, self.in_chans, name)
-        if self.width <= 0:
-            raise ValueError(f"{name}: width must be positive, got {self.width!r}")
+        self.check_input(x)
         cfgs = block_configs(self.arch, self.width, self.output_stride)
         level_idx, _, _ = level_layout(self.arch, self.width, self.output_stride)
-        cba = dict(bn_momentum=BN_MOMENTUM, bn_eps=BN_EPS, dtype=self.dtype, param_dtype=self.param_dtype,
+        cba = dict(bn_momentum=BN_MOMENTUM, bn_eps=self.bn_eps, dtype=self.dtype, param_dtype=self.param_dtype,
                    kernel_init=layers.kaiming_normal_fan_out)
 
         feats = []
@@ -306,12 +284,12 @@ class MobileNetV3(nn.Module):
         for i, cfg in enumerate(cfgs):
             if i in level_idx:  # ``features[i]`` ends a level: block i (== features.(i+1)) strides
                 feats.append(x)
-            x = InvertedResidual(cfg, self.dtype, self.param_dtype, name=f"features_{i + 1}")(x, train)
+            x = InvertedResidual(cfg, self.dtype, self.param_dtype, self.bn_eps, name=f"features_{i + 1}")(x, train)
         x = layers.ConvBnAct(last_conv_channels(self.arch, self.width), 1, act="hard_swish",
                              name=f"features_{len(cfgs) + 1}", **cba)(x, train)
         feats.append(x)
         if self.features_only:
-            return layers.select_features(feats, self.out_indices, name)
+            return self.select_features(feats)
 
         x = ops.global_avg_pool(x)
         lin = dict(dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=layers.normal_init(0.01),
@@ -323,6 +301,49 @@ class MobileNetV3(nn.Module):
             return x.astype(jnp.float32)
         x = layers.Linear(self.num_classes, name="classifier_3", **lin)(x)
         return x.astype(jnp.float32)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Pretrained weights (data: lightjax.pretrained registers each row; fields in docs/pretrained.md)
+# ----------------------------------------------------------------------------------------------------------
+from lightjax.models._pretrained_defaults import (  # noqa: E402
+    INCEPTION_MEAN, INCEPTION_STD, MIIL_MEAN, MIIL_STD, TIMM, TIMM_URL, TV, TV_URL)
+
+#: timm's MobileNetV3 BatchNorm keeps PyTorch's eps 1e-5 (torchvision's: 1e-3); its key layout requires it.
+_TIMM_MNV3 = dict(TIMM, model_kwargs={"bn_eps": 1e-5})
+PRETRAINED_CFGS: Dict[str, Dict[str, Any]] = {
+    "mobilenet_v3_large_100.tv_in1k": dict(
+        TV, url=TV_URL + "mobilenet_v3_large-8738ca79.pth", sha256="8738ca79", resize_size=256, top1=74.042,
+        top5=91.34, source="torchvision MobileNet_V3_Large_Weights.IMAGENET1K_V1"),
+    "mobilenet_v3_large_100.tv2_in1k": dict(
+        TV, url=TV_URL + "mobilenet_v3_large-5c1a4163.pth", sha256="5c1a4163", resize_size=232, top1=75.274,
+        top5=92.566, source="torchvision MobileNet_V3_Large_Weights.IMAGENET1K_V2"),
+    "mobilenet_v3_small_100.tv_in1k": dict(
+        TV, url=TV_URL + "mobilenet_v3_small-047dcff4.pth", sha256="047dcff4", resize_size=256, top1=67.668,
+        top5=87.402, source="torchvision MobileNet_V3_Small_Weights.IMAGENET1K_V1"),
+    "mobilenet_v3_large_100.ra_in1k": dict(
+        _TIMM_MNV3, hf_hub_id="timm/mobilenetv3_large_100.ra_in1k", sha256="f55367f5",
+        url=TIMM_URL + "v0.1-weights/mobilenetv3_large_100_ra-f55367f5.pth", top1=75.784, top5=92.528,
+        source="timm mobilenetv3_large_100.ra_in1k"),
+    "mobilenet_v3_large_100.ra4_e3600_r224_in1k": dict(
+        _TIMM_MNV3, hf_hub_id="timm/mobilenetv3_large_100.ra4_e3600_r224_in1k", crop_pct=0.95, mean=INCEPTION_MEAN,
+        std=INCEPTION_STD, test_crop_size=256, test_crop_pct=1.0, top1=76.310, top5=92.842, test_top1=77.182,
+        test_top5=93.328, source="timm mobilenetv3_large_100.ra4_e3600_r224_in1k"),
+    "mobilenet_v3_large_100.miil_in21k_ft_in1k": dict(
+        _TIMM_MNV3, hf_hub_id="timm/mobilenetv3_large_100.miil_in21k_ft_in1k", sha256="66471c13",
+        url=TIMM_URL + "v0.1-tresnet/mobilenetv3_large_100_1k_miil_78_0-66471c13.pth", interpolation="bilinear",
+        mean=MIIL_MEAN, std=MIIL_STD, top1=77.920, top5=92.894, source="timm mobilenetv3_large_100.miil_in21k_ft_in1k"),
+    # ImageNet-21k (winter 2021, MIIL's 11,221 classes): the whole head fits the model (num_classes=11221).
+    "mobilenet_v3_large_100.miil_in21k": dict(
+        _TIMM_MNV3, hf_hub_id="timm/mobilenetv3_large_100.miil_in21k", sha256="d71cc17b",
+        url=TIMM_URL + "v0.1-tresnet/mobilenetv3_large_100_in21k_miil-d71cc17b.pth", interpolation="bilinear",
+        mean=MIIL_MEAN, std=MIIL_STD, num_classes=11221, label_set="imagenet-21k-miil",
+        source="timm mobilenetv3_large_100.miil_in21k"),
+    "mobilenet_v3_small_100.lamb_in1k": dict(
+        _TIMM_MNV3, hf_hub_id="timm/mobilenetv3_small_100.lamb_in1k", sha256="266a294c",
+        url=TIMM_URL + "v0.1-weights/mobilenetv3_small_100_lamb-266a294c.pth", top1=67.636, top5=87.638,
+        source="timm mobilenetv3_small_100.lamb_in1k"),
+}
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -1,4 +1,8 @@
-"""Model registry: ``register_model``, ``list_models``, ``create_model``, ``init_variables``, ``load_model``."""
+"""Model registry: ``register_model``, ``list_models``, ``create_model``, ``init_variables``.
+
+It imports no loading code: weights resolution (``load_model``, pretrained tags) is :mod:`lightjax.pretrained`,
+which stands on the models and :mod:`lightjax.convert`.
+"""
 
 from __future__ import annotations
 
@@ -11,13 +15,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lightjax.models import ops
+from lightjax import ops
+from lightjax.models.base import COMMON_FIELDS
 
 _MODELS: Dict[str, Callable[..., nn.Module]] = {}
 _FAMILY: Dict[str, str] = {}
 _INFO: Dict[str, Dict[str, Any]] = {}
-#: Every model accepts these; families add their own (e.g. ``output_stride``, ``width``).
-COMMON_KWARGS = ("num_classes", "in_chans", "dtype", "param_dtype", "drop_rate", "features_only", "out_indices")
+#: Every model accepts these (:class:`lightjax.models.base.ModelBase`); families add their own (e.g.
+#: ``output_stride``, ``width``).
+COMMON_KWARGS = COMMON_FIELDS
 
 
 def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -132,7 +138,7 @@ def init_variables(model: nn.Module, rng: Any, input_shape: Sequence[int], dtype
 
     Eager ``model.init`` compiles every primitive separately (~3x slower on CPU); a plain ``jax.jit`` of it
     spends most of XLA:CPU's time optimising one random-number kernel per parameter shape that runs once.
-    This compiles it with :func:`lightjax.models.ops.init_compiler_options` (MobileNetV2: 6.5-7.7 s instead of
+    This compiles it with :func:`lightjax.ops.init_compiler_options` (MobileNetV2: 6.5-7.7 s instead of
     12.5-16.3 s). Only the variables leave the program, so XLA drops the forward pass that ``init`` traces.
 
     Args:
@@ -150,24 +156,3 @@ def init_variables(model: nn.Module, rng: Any, input_shape: Sequence[int], dtype
     init = jax.jit(lambda k: model.init(k, jnp.zeros(shape, dtype), train=False),
                    compiler_options=ops.init_compiler_options())
     return init(rng)
-
-
-def load_model(name: str, checkpoint: Any, **kwargs: Any):
-    """One call from a PyTorch checkpoint to a ready model: ``model, variables = load_model(name, path)``.
-
-    Args:
-      name: registered model name.
-      checkpoint: a PyTorch ``.pth``/``.pt``/``.bin``/``.safetensors`` path or state_dict, or a lightjax
-        ``.msgpack`` file written by ``python -m lightjax.convert``.
-      **kwargs: ``create_model`` fields, plus ``strict`` for :func:`lightjax.convert.from_torch`.
-    """
-    from lightjax import convert  # local: convert stands on the models, not the other way round
-
-    strict = kwargs.pop("strict", True)
-    if isinstance(checkpoint, str) and checkpoint.endswith(convert.FLAX_SUFFIXES):
-        return create_model(name, **kwargs), convert.load_flax(checkpoint)
-    sd = convert.read_checkpoint(checkpoint)
-    # Settings the checkpoint's layout implies (e.g. timm MobileNetV1 is ReLU6), unless given explicitly.
-    kwargs = {**convert.detect_layout(name, sd, **kwargs).requires, **kwargs}
-    model = create_model(name, **kwargs)
-    return model, convert.from_torch(name, sd, strict=strict, **kwargs)

@@ -57,7 +57,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lightjax.models import layers, ops
+from lightjax import ops
+from lightjax.models import layers
+from lightjax.models.base import ModelBase
 from lightjax.models.registry import variant
 
 # ----------------------------------------------------------------------------------------------------------
@@ -212,20 +214,7 @@ class Bottleneck(nn.Module):
 # ----------------------------------------------------------------------------------------------------------
 # Models
 # ----------------------------------------------------------------------------------------------------------
-def _head(x: jax.Array, num_classes: int, drop_rate: float, train: bool, use_bias: bool, kernel_init, name: str,
-          dtype, param_dtype) -> jax.Array:
-    """Global mean → (Dropout) → Linear; ``num_classes == 0`` returns the pooled features."""
-    x = ops.global_avg_pool(x)
-    if num_classes == 0:
-        return x.astype(jnp.float32)
-    if drop_rate > 0:
-        x = nn.Dropout(drop_rate, deterministic=not train)(x)
-    x = layers.Linear(num_classes, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, kernel_init=kernel_init,
-                      name=name)(x)
-    return x.astype(jnp.float32)
-
-
-class ShuffleNetV1(nn.Module):
+class ShuffleNetV1(ModelBase):
     """ShuffleNet v1 for ImageNet (paper Table 1; megvii's code and key names).
 
     Attributes:
@@ -240,31 +229,25 @@ class ShuffleNetV1(nn.Module):
     groups: int = 3
     width: float = 1.0
     shuffle_order: str = "megvii"
-    num_classes: int = 1000
-    in_chans: int = 3
-    drop_rate: float = 0.0
-    features_only: bool = False
-    out_indices: Sequence[int] = (0, 1, 2, 3, 4)
-    dtype: Optional[Any] = None
-    param_dtype: Any = jnp.float32
 
     @property
-    def _name(self) -> str:
+    def model_name(self) -> str:
         return f"shufflenet_v1_g{self.groups}"
 
-    @property
-    def feature_info(self) -> list:
+    def check_family_fields(self) -> None:
+        if self.shuffle_order not in ("megvii", "seed"):
+            raise ValueError(f"{self.model_name}: shuffle_order must be 'megvii' or 'seed', got {self.shuffle_order!r}")
+        imagenet_channels(self.groups, self.width)  # validates groups / width
+
+    def feature_levels(self):
         stem, stages = imagenet_channels(self.groups, self.width)
-        return layers.feature_info((stem, stem) + stages, (2, 4, 8, 16, 32), self.out_indices, self._name)
+        return (stem, stem) + stages, (2, 4, 8, 16, 32)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False):
         """Args: x: ``(N, H, W, in_chans)``; train: batch statistics + dropout. Returns logits ``(N, num_classes)``."""
-        if self.shuffle_order not in ("megvii", "seed"):
-            raise ValueError(f"{self._name}: shuffle_order must be 'megvii' or 'seed', got {self.shuffle_order!r}")
-        stem, _ = imagenet_channels(self.groups, self.width)  # validates groups / width
-        layers.check_input(x, self.in_chans, self._name)
-        layers.check_out_indices(self.out_indices, 5, self._name)
+        stem, _ = imagenet_channels(self.groups, self.width)
+        self.check_input(x)
         # megvii's first_conv = Sequential(conv, bn, relu): children first_conv_0 / first_conv_1 at the top level.
         x = layers.Conv2d(stem, 3, 2, 1, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
                           kernel_init=layers.normal_init(0.01), name="first_conv_0")(x)
@@ -283,12 +266,13 @@ class ShuffleNetV1(nn.Module):
             feats.append(ops.concat_parts(x))
         x = feats[-1]
         if self.features_only:
-            return layers.select_features(feats, self.out_indices, self._name)
-        return _head(x, self.num_classes, self.drop_rate, train, False, layers.normal_init(0.01), "classifier_0",
-                     self.dtype, self.param_dtype)
+            return self.select_features(feats)
+        return layers.classifier_head(x, self.num_classes, self.drop_rate, train, name="classifier_0",
+                                      dtype=self.dtype, param_dtype=self.param_dtype, use_bias=False,
+                                      kernel_init=layers.normal_init(0.01))
 
 
-class ShuffleNetV1Cifar(nn.Module):
+class ShuffleNetV1Cifar(ModelBase):
     """The seed's CIFAR-10 ShuffleNet (``ShuffleNetG2`` / ``ShuffleNetG3``), with the seed's key names.
 
     Attributes:
@@ -301,30 +285,23 @@ class ShuffleNetV1Cifar(nn.Module):
 
     groups: int = 3
     num_classes: int = 10
-    in_chans: int = 3
-    drop_rate: float = 0.0
-    features_only: bool = False
     out_indices: Sequence[int] = (0, 1, 2, 3)
-    dtype: Optional[Any] = None
-    param_dtype: Any = jnp.float32
 
     @property
-    def _name(self) -> str:
+    def model_name(self) -> str:
         return f"shufflenet_v1_g{self.groups}_cifar"
 
-    @property
-    def feature_info(self) -> list:
-        if self.groups not in CIFAR_CHANNELS:
-            cifar_units(self.groups)  # raises the clear error
-        return layers.feature_info((CIFAR_STEM,) + CIFAR_CHANNELS[self.groups], (1, 2, 4, 8), self.out_indices,
-                                   self._name)
+    def check_family_fields(self) -> None:
+        cifar_units(self.groups)  # raises the clear error for an unknown groups
+
+    def feature_levels(self):
+        return (CIFAR_STEM,) + CIFAR_CHANNELS[self.groups], (1, 2, 4, 8)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False):
         """Args: x: ``(N, H, W, in_chans)`` (32 px native); train: batch statistics. Returns ``(N, num_classes)``."""
-        units = cifar_units(self.groups)  # validates groups
-        layers.check_input(x, self.in_chans, self._name)
-        layers.check_out_indices(self.out_indices, 4, self._name)
+        units = cifar_units(self.groups)
+        self.check_input(x)
         x = layers.Conv2d(CIFAR_STEM, 1, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
                           name="conv1")(x)
         x = nn.relu(_BN(dtype=self.dtype, param_dtype=self.param_dtype, name="bn1")(x, use_running_average=not train))
@@ -334,10 +311,10 @@ class ShuffleNetV1Cifar(nn.Module):
                 x = Bottleneck(u, self.groups, self.dtype, self.param_dtype, name=f"layer{s + 1}_{i}")(x, train)
             feats.append(x)
         if self.features_only:
-            return layers.select_features(feats, self.out_indices, self._name)
+            return self.select_features(feats)
         # seed: F.avg_pool2d(out, 4) on the 4x4 map of a 32 px input == global mean (see the module docstring).
-        return _head(x, self.num_classes, self.drop_rate, train, True, layers.torch_default_init, "linear",
-                     self.dtype, self.param_dtype)
+        return layers.classifier_head(x, self.num_classes, self.drop_rate, train, name="linear", dtype=self.dtype,
+                                      param_dtype=self.param_dtype)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -19,13 +19,15 @@ Flax paths mirror the PyTorch keys (index segments joined to their parent with `
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lightjax.models import layers, ops
+from lightjax import ops
+from lightjax.models import layers
+from lightjax.models.base import ModelBase
 from lightjax.models.registry import variant
 
 # ----------------------------------------------------------------------------------------------------------
@@ -116,7 +118,7 @@ class InvertedResidual(nn.Module):
 # ----------------------------------------------------------------------------------------------------------
 # Model
 # ----------------------------------------------------------------------------------------------------------
-class ShuffleNetV2(nn.Module):
+class ShuffleNetV2(ModelBase):
     """ShuffleNetV2: conv1 (3x3/2, BN, ReLU) → maxpool 3/2 pad 1 → stage2..4 → conv5 (1x1, BN, ReLU) →
     mean over H, W → fc.
 
@@ -128,23 +130,17 @@ class ShuffleNetV2(nn.Module):
     """
 
     width: float = 1.0
-    num_classes: int = 1000
-    in_chans: int = 3
-    drop_rate: float = 0.0
-    features_only: bool = False
-    out_indices: Sequence[int] = (0, 1, 2, 3, 4)
-    dtype: Optional[Any] = None
-    param_dtype: Any = jnp.float32
 
     @property
     def model_name(self) -> str:
         """Registry-style name for error messages (``shufflenet_v2_x1_0``)."""
         return f"shufflenet_v2_x{str(float(self.width)).replace('.', '_')}"
 
-    @property
-    def feature_info(self) -> list:
+    def check_family_fields(self) -> None:
         stage_channels(self.width, "ShuffleNetV2")
-        return layers.feature_info(level_channels(self.width), LEVEL_STRIDES, self.out_indices, self.model_name)
+
+    def feature_levels(self):
+        return level_channels(self.width), LEVEL_STRIDES
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False):
@@ -152,10 +148,8 @@ class ShuffleNetV2(nn.Module):
 
         Returns logits ``(N, num_classes)`` float32, or a list of NHWC maps when ``features_only``.
         """
-        info = self.feature_info  # validates width and out_indices before any work
-        del info
         name = self.model_name
-        layers.check_input(x, self.in_chans, name)
+        self.check_input(x)
         chans = stage_channels(self.width, name)
         bn = lambda n: layers.BatchNorm(momentum=0.9, epsilon=1e-5, dtype=self.dtype,  # noqa: E731
                                         param_dtype=self.param_dtype, name=n)
@@ -181,13 +175,31 @@ class ShuffleNetV2(nn.Module):
         x = nn.relu(bn("conv5_1")(x, use_running_average=not train))
         feats.append(x)
         if self.features_only:
-            return layers.select_features(feats, self.out_indices, name)
-        x = ops.global_avg_pool(x)  # torch ``x.mean([2, 3])``
-        if self.num_classes == 0:
-            return x.astype(jnp.float32)
-        x = nn.Dropout(self.drop_rate, deterministic=not train)(x)
-        x = layers.Linear(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="fc")(x)
-        return x.astype(jnp.float32)
+            return self.select_features(feats)
+        # torch ``x.mean([2, 3])`` → fc
+        return layers.classifier_head(x, self.num_classes, self.drop_rate, train, name="fc", dtype=self.dtype,
+                                      param_dtype=self.param_dtype)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Pretrained weights (data: lightjax.pretrained registers each row; fields in docs/pretrained.md)
+# ----------------------------------------------------------------------------------------------------------
+from lightjax.models._pretrained_defaults import TV, TV_URL  # noqa: E402
+
+PRETRAINED_CFGS: Dict[str, Dict[str, Any]] = {
+    "shufflenet_v2_x0_5.tv_in1k": dict(TV, url=TV_URL + "shufflenetv2_x0.5-f707e7126e.pth", sha256="f707e7126e",
+                                       resize_size=256, top1=60.552, top5=81.746,
+                                       source="torchvision ShuffleNet_V2_X0_5_Weights.IMAGENET1K_V1"),
+    "shufflenet_v2_x1_0.tv_in1k": dict(TV, url=TV_URL + "shufflenetv2_x1-5666bf0f80.pth", sha256="5666bf0f80",
+                                       resize_size=256, top1=69.362, top5=88.316,
+                                       source="torchvision ShuffleNet_V2_X1_0_Weights.IMAGENET1K_V1"),
+    "shufflenet_v2_x1_5.tv_in1k": dict(TV, url=TV_URL + "shufflenetv2_x1_5-3c479a10.pth", sha256="3c479a10",
+                                       resize_size=232, top1=72.996, top5=91.086,
+                                       source="torchvision ShuffleNet_V2_X1_5_Weights.IMAGENET1K_V1"),
+    "shufflenet_v2_x2_0.tv_in1k": dict(TV, url=TV_URL + "shufflenetv2_x2_0-8be3c8ee.pth", sha256="8be3c8ee",
+                                       resize_size=232, top1=76.230, top5=93.006,
+                                       source="torchvision ShuffleNet_V2_X2_0_Weights.IMAGENET1K_V1"),
+}
 
 
 # ----------------------------------------------------------------------------------------------------------

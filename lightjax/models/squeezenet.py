@@ -10,13 +10,15 @@ Flax paths mirror the PyTorch keys: ``features.3.squeeze.weight`` ↔ ``params/f
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lightjax.models import layers, ops
+from lightjax import ops
+from lightjax.models import layers
+from lightjax.models.base import ModelBase
 from lightjax.models.registry import variant
 
 # ----------------------------------------------------------------------------------------------------------
@@ -94,7 +96,7 @@ def _per_part(fn, x: Union[jax.Array, Tuple[jax.Array, ...]]):
 # ----------------------------------------------------------------------------------------------------------
 # Model
 # ----------------------------------------------------------------------------------------------------------
-class SqueezeNet(nn.Module):
+class SqueezeNet(ModelBase):
     """SqueezeNet; head = Dropout → 1x1 conv → ReLU → global average pool (logits are ≥ 0, as in torch).
 
     Attributes:
@@ -104,28 +106,24 @@ class SqueezeNet(nn.Module):
     """
 
     version: str = "1_0"
-    num_classes: int = 1000
-    in_chans: int = 3
     drop_rate: float = 0.5
-    features_only: bool = False
     out_indices: Sequence[int] = (0, 1, 2, 3)
-    dtype: Optional[Any] = None
-    param_dtype: Any = jnp.float32
 
     @property
-    def feature_info(self) -> list:
+    def model_name(self) -> str:
+        return f"squeezenet{self.version}"
+
+    def check_family_fields(self) -> None:
         if self.version not in ARCH:
             raise ValueError(f"SqueezeNet version must be one of {sorted(ARCH)}, got {self.version!r}")
-        return layers.feature_info(_level_channels(ARCH[self.version]), (2, 4, 8, 16), self.out_indices,
-                                   f"squeezenet{self.version}")
+
+    def feature_levels(self):
+        return _level_channels(ARCH[self.version]), (2, 4, 8, 16)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False):
         """Args: x: ``(N, H, W, in_chans)``; train: dropout on. Returns logits ``(N, num_classes)``."""
-        info = self.feature_info  # validates version and out_indices early
-        del info
-        name = f"squeezenet{self.version}"
-        layers.check_input(x, self.in_chans, name)
+        self.check_input(x)
         feats = []
         for i, entry in enumerate(ARCH[self.version]):
             kind = entry[0]
@@ -143,7 +141,7 @@ class SqueezeNet(nn.Module):
                 _, sq, e1, e3 = entry
                 x = Fire(sq, e1, e3, self.dtype, self.param_dtype, name=f"features_{i}")(x)
         if self.features_only:
-            return layers.select_features(feats + [_cat(x)], self.out_indices, name)
+            return self.select_features(feats + [_cat(x)])
         if self.num_classes == 0:
             return ops.global_avg_pool(_cat(x)).astype(jnp.float32)
         # Dropout per part: one Bernoulli mask per element either way (the draws differ from torch's anyway).
@@ -153,6 +151,19 @@ class SqueezeNet(nn.Module):
                           name="classifier_1")(x)
         x = nn.relu(x)
         return ops.global_avg_pool(x).astype(jnp.float32)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Pretrained weights (data: lightjax.pretrained registers each row; fields in docs/pretrained.md)
+# ----------------------------------------------------------------------------------------------------------
+from lightjax.models._pretrained_defaults import TV, TV_URL  # noqa: E402
+
+PRETRAINED_CFGS: Dict[str, Dict[str, Any]] = {
+    "squeezenet1_0.tv_in1k": dict(TV, url=TV_URL + "squeezenet1_0-b66bff10.pth", sha256="b66bff10", resize_size=256,
+                                  top1=58.092, top5=80.42, source="torchvision SqueezeNet1_0_Weights.IMAGENET1K_V1"),
+    "squeezenet1_1.tv_in1k": dict(TV, url=TV_URL + "squeezenet1_1-b8a52dc0.pth", sha256="b8a52dc0", resize_size=256,
+                                  top1=58.178, top5=80.624, source="torchvision SqueezeNet1_1_Weights.IMAGENET1K_V1"),
+}
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -25,13 +25,15 @@ Flax paths mirror the PyTorch keys (index segments joined to their parent with `
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lightjax.models import layers, ops
+from lightjax import ops
+from lightjax.models import layers
+from lightjax.models.base import ModelBase
 from lightjax.models.registry import variant
 
 # ----------------------------------------------------------------------------------------------------------
@@ -137,9 +139,7 @@ def aligned_plan(arch: str, output_stride: int) -> Dict[str, Any]:
     return {"blocks": blocks, "channels": tuple(channels), "strides": tuple(strides), "taps": tuple(taps)}
 
 
-def timm_padding(kernel_size: int, stride: int = 1, dilation: int = 1) -> int:
-    """timm ``get_padding`` (static, symmetric): ``((stride - 1) + dilation * (kernel_size - 1)) // 2``."""
-    return ((stride - 1) + dilation * (kernel_size - 1)) // 2
+timm_padding = layers.torch_padding  # timm ``get_padding`` (static, symmetric)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -259,22 +259,6 @@ class XceptionStack(nn.Module):
         return x, tap
 
 
-class ShortcutConvBn(nn.Module):
-    """timm ``ConvNormAct(in, out, 1, stride, apply_act=False)``: children ``conv`` and ``bn``."""
-
-    features: int
-    stride: int = 1
-    dtype: Optional[Any] = None
-    param_dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        x = layers.Conv2d(self.features, 1, self.stride, timm_padding(1, self.stride), dtype=self.dtype,
-                          param_dtype=self.param_dtype, name="conv")(x)
-        return layers.BatchNorm(momentum=0.9, epsilon=ALIGNED_BN_EPS, dtype=self.dtype,
-                                param_dtype=self.param_dtype, name="bn")(x, use_running_average=not train)
-
-
 class XceptionModule(nn.Module):
     """timm ``XceptionModule``: ``stack`` + residual (``shortcut`` = 1x1 conv + BN when the shape changes,
     identity otherwise, none when ``no_skip``). Returns ``(out, tap)`` (see :class:`XceptionStack`)."""
@@ -296,30 +280,22 @@ class XceptionModule(nn.Module):
             return x, tap
         skip = inp
         if self.out_chs[-1] != self.in_chs or self.stride != 1:
-            skip = ShortcutConvBn(self.out_chs[-1], self.stride, dtype=self.dtype, param_dtype=self.param_dtype,
-                                  name="shortcut")(inp, train)
+            skip = conv_bn(self.out_chs[-1], 1, self.stride, None, "shortcut", self.dtype, self.param_dtype)(inp, train)
         return x + skip, tap
 
 
-class ConvBn(nn.Module):
-    """timm ``ConvNormAct(in, out, 3, stride)`` of the aligned stem: ``conv`` (3x3) → ``bn`` → ReLU."""
-
-    features: int
-    stride: int = 1
-    dtype: Optional[Any] = None
-    param_dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        x = layers.Conv2d(self.features, 3, self.stride, timm_padding(3, self.stride), dtype=self.dtype,
-                          param_dtype=self.param_dtype, name="conv")(x)
-        x = layers.BatchNorm(momentum=0.9, epsilon=ALIGNED_BN_EPS, dtype=self.dtype, param_dtype=self.param_dtype,
-                             name="bn")(x, use_running_average=not train)
-        return nn.relu(x)
+def conv_bn(features: int, kernel: int, stride: int, act: Optional[str], name: str, dtype, param_dtype
+            ) -> layers.ConvBnAct:
+    """timm ``ConvNormAct(in, out, kernel, stride)`` of the aligned Xceptions (children ``conv`` and ``bn``,
+    BN eps 1e-3, torch's default conv init, timm's static padding): the stem (ReLU) and the shortcut (no act)."""
+    return layers.ConvBnAct(features, kernel, stride, timm_padding(kernel, stride), act=act, conv_name="conv",
+                            bn_name="bn", bn_eps=ALIGNED_BN_EPS, dtype=dtype, param_dtype=param_dtype,
+                            kernel_init=layers.torch_default_init, name=name)
 
 
 class _Head(nn.Module):
-    """timm ``ClassifierHead``: global average pool → Dropout → Linear ``fc`` (torch default init), float32."""
+    """timm's ``ClassifierHead`` as its own module (``head.fc`` in the aligned Xceptions' keys); the legacy
+    Xception calls :func:`layers.classifier_head` directly (``fc``)."""
 
     num_classes: int
     drop_rate: float = 0.0
@@ -328,16 +304,14 @@ class _Head(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        x = ops.global_avg_pool(x)
-        x = nn.Dropout(self.drop_rate, deterministic=not train)(x)
-        x = layers.Linear(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="fc")(x)
-        return x.astype(jnp.float32)
+        return layers.classifier_head(x, self.num_classes, self.drop_rate, train, name="fc", dtype=self.dtype,
+                                      param_dtype=self.param_dtype)
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Models
 # ----------------------------------------------------------------------------------------------------------
-class Xception(nn.Module):
+class Xception(ModelBase):
     """Xception (Chollet 2017), timm ``legacy_xception`` layout and numerics.
 
     Attributes:
@@ -347,24 +321,17 @@ class Xception(nn.Module):
         act2, ReLU(block1), ReLU(block2), ReLU(block11), act4) selected by ``out_indices``.
     """
 
-    num_classes: int = 1000
-    in_chans: int = 3
-    drop_rate: float = 0.0
-    features_only: bool = False
-    out_indices: Sequence[int] = (0, 1, 2, 3, 4)
-    dtype: Optional[Any] = None
-    param_dtype: Any = jnp.float32
-
     @property
-    def feature_info(self) -> list:
-        return layers.feature_info(LEGACY_FEATURES["channels"], LEGACY_FEATURES["strides"], self.out_indices,
-                                   "xception")
+    def model_name(self) -> str:
+        return "xception"
+
+    def feature_levels(self):
+        return LEGACY_FEATURES["channels"], LEGACY_FEATURES["strides"]
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False):
         """Args: x: ``(N, H, W, in_chans)``; train: batch statistics and dropout. Returns ``(N, num_classes)``."""
-        layers.check_input(x, self.in_chans, "xception")
-        self.feature_info  # validates out_indices before any compute
+        self.check_input(x)
         ckw = dict(use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
                    kernel_init=layers.kaiming_normal_fan_out)
         bn = lambda name: layers.BatchNorm(momentum=0.9, epsilon=1e-5, dtype=self.dtype,  # noqa: E731
@@ -384,16 +351,12 @@ class Xception(nn.Module):
             x = nn.relu(bn(bn_name)(x, use_running_average=not train))
         feats.append(x)
         if self.features_only:
-            return layers.select_features(feats, self.out_indices, "xception")
-        if self.num_classes == 0:
-            return ops.global_avg_pool(x).astype(jnp.float32)
-        x = ops.global_avg_pool(x)
-        x = nn.Dropout(self.drop_rate, deterministic=not train)(x)
-        x = layers.Linear(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="fc")(x)
-        return x.astype(jnp.float32)
+            return self.select_features(feats)
+        return layers.classifier_head(x, self.num_classes, self.drop_rate, train, name="fc", dtype=self.dtype,
+                                      param_dtype=self.param_dtype)
 
 
-class XceptionAligned(nn.Module):
+class XceptionAligned(ModelBase):
     """Modified aligned Xception (DeepLab), timm ``XceptionAligned`` (non pre-activation) layout and numerics.
 
     Attributes:
@@ -407,29 +370,23 @@ class XceptionAligned(nn.Module):
 
     arch: str = "xception41"
     output_stride: int = 32
-    num_classes: int = 1000
-    in_chans: int = 3
-    drop_rate: float = 0.0
-    features_only: bool = False
-    out_indices: Sequence[int] = (0, 1, 2, 3, 4)
-    dtype: Optional[Any] = None
-    param_dtype: Any = jnp.float32
 
     @property
-    def feature_info(self) -> list:
-        plan = aligned_plan(self.arch, self.output_stride)
-        return layers.feature_info(plan["channels"], plan["strides"], self.out_indices, self.arch)
+    def model_name(self) -> str:
+        return str(self.arch)
+
+    def feature_levels(self):
+        plan = aligned_plan(self.arch, self.output_stride)  # validates arch and output_stride
+        return plan["channels"], plan["strides"]
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False):
         """Args: x: ``(N, H, W, in_chans)``; train: batch statistics and dropout. Returns ``(N, num_classes)``."""
-        layers.check_input(x, self.in_chans, self.arch)
+        self.check_input(x)
         plan = aligned_plan(self.arch, self.output_stride)
-        layers.check_out_indices(self.out_indices, len(plan["channels"]), self.arch)
         for i, feats in enumerate((32, 64)):
             # stem.i = ConvNormAct(3x3, stride 2 then 1): torch default conv init, BN eps 1e-3, ReLU.
-            x = ConvBn(feats, 2 if i == 0 else 1, dtype=self.dtype, param_dtype=self.param_dtype,
-                       name=f"stem_{i}")(x, train)
+            x = conv_bn(feats, 3, 2 if i == 0 else 1, "relu", f"stem_{i}", self.dtype, self.param_dtype)(x, train)
         feats_out = []
         for i, (cin, outs, stride, dilation, no_skip, swr) in enumerate(plan["blocks"]):
             x, tap = XceptionModule(cin, outs, stride, dilation, no_skip, swr, dtype=self.dtype,
@@ -438,10 +395,30 @@ class XceptionAligned(nn.Module):
                 feats_out.append(tap)
         feats_out.append(x)
         if self.features_only:
-            return layers.select_features(feats_out, self.out_indices, self.arch)
-        if self.num_classes == 0:
-            return ops.global_avg_pool(x).astype(jnp.float32)
+            return self.select_features(feats_out)
+        if self.num_classes == 0:  # timm's head has no parameters then, so no ``head`` module either
+            return layers.classifier_head(x, 0, 0.0, train, name="fc")
         return _Head(self.num_classes, self.drop_rate, self.dtype, self.param_dtype, name="head")(x, train)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Pretrained weights (data: lightjax.pretrained registers each row; fields in docs/pretrained.md)
+# ----------------------------------------------------------------------------------------------------------
+from lightjax.models._pretrained_defaults import TIMM_URL, TIMM_XCEPTION  # noqa: E402
+
+PRETRAINED_CFGS: Dict[str, Dict[str, Any]] = {
+    # timm's legacy_xception (Cadene's port of the Keras weights) has no hub repo: its GitHub release file only.
+    "xception.tf_in1k": dict(TIMM_XCEPTION, url=TIMM_URL + "v0.1-cadene/xception-43020ad28.pth", sha256="43020ad28",
+                             crop_pct=0.8975, top1=79.058, top5=94.396, source="timm legacy_xception.tf_in1k"),
+    "xception41.tf_in1k": dict(TIMM_XCEPTION, hf_hub_id="timm/xception41.tf_in1k", crop_pct=0.903, top1=78.550,
+                               top5=94.282, source="timm xception41.tf_in1k"),
+    "xception65.tf_in1k": dict(TIMM_XCEPTION, hf_hub_id="timm/xception65.tf_in1k", crop_pct=0.903, top1=79.558,
+                               top5=94.656, source="timm xception65.tf_in1k"),
+    "xception65.ra3_in1k": dict(TIMM_XCEPTION, hf_hub_id="timm/xception65.ra3_in1k", crop_pct=0.94, top1=83.186,
+                                top5=96.596, source="timm xception65.ra3_in1k"),
+    "xception71.tf_in1k": dict(TIMM_XCEPTION, hf_hub_id="timm/xception71.tf_in1k", crop_pct=0.903, top1=79.920,
+                               top5=94.908, source="timm xception71.tf_in1k"),
+}
 
 
 # ----------------------------------------------------------------------------------------------------------
