@@ -77,14 +77,6 @@ class LoadedModel:
     num_classes: int
 
 
-def _pretrained_module():
-    try:
-        from lightjax import pretrained
-    except ImportError as e:  # pragma: no cover - only while the weights layer is missing
-        raise CLIError(f"pretrained tags need lightjax.pretrained ({e}); pass --checkpoint FILE") from None
-    return pretrained
-
-
 def _read_labels(path: str) -> List[str]:
     try:
         with open(path, encoding="utf-8") as f:
@@ -100,7 +92,7 @@ def load_for_inference(args: argparse.Namespace) -> LoadedModel:
       CLIError: unknown model or tag, unreadable checkpoint, bad transform option.
     """
     import lightjax.models as lm
-    from lightjax import transforms
+    from lightjax import pretrained, transforms
 
     spec = args.model
     name, dot, _ = spec.partition(".")
@@ -111,7 +103,6 @@ def load_for_inference(args: argparse.Namespace) -> LoadedModel:
         raise CLIError(f"--model {spec}: unknown model {name!r}" + (f"; did you mean {close}?" if close else
                                                                        " (python -m lightjax.models lists them)"))
     cfg = None
-    pretrained = _pretrained_module()
     if dot or not args.checkpoint:
         try:
             cfg = pretrained.pretrained_cfg(spec)

@@ -352,3 +352,33 @@ def test_json_file_is_replaced_whole(tmp_path):
     with open(path) as f:
         assert json.load(f) == {"rows": [1]}
     assert os.listdir(tmp_path) == ["rows.json"]
+
+
+def test_onnx_rows_run_end_to_end_and_the_two_graphs_agree(torch, capsys):
+    """The real ONNX rows at a small size: both graphs built from one module's weights, every side timed, and
+    the two graphs' outputs on the benchmark input agree (a wrong export or a mismatched input would show as a
+    relative difference of O(1), flagged in the table)."""
+    from conftest import require
+
+    require("onnxruntime")
+    require("jax2onnx")
+    import argparse
+
+    from benchmarks import onnx_bench
+
+    p = argparse.ArgumentParser()
+    onnx_bench.add_arguments(p)
+    args = p.parse_args(["--onnx-models", "squeezenet1_1", "--onnx-batches", "1,3", "--onnx-repeats", "1",
+                         "--onnx-size", "48"])
+    table = onnx_bench.run(args)
+    rows = [line.split(" | ") for line in table.splitlines() if line.startswith("| squeezenet1_1 ")]
+    assert [r[2] for r in rows] == ["1", "3"] and all(r[1] == "48" for r in rows)
+    for r in rows:
+        assert all(float(v) > 0 for v in (r[3], r[4], r[6], r[7])), r  # img/s of the four sides
+        assert float(r[-1].rstrip(" |")) < onnx_bench.AGREE, r
+        lj, tv = (int(n) for n in r[8].split(" / "))
+        assert 0 < lj <= tv, r  # torch's graph keeps its Constant/shape nodes; ours is folded
+    assert "(DISAGREE)" not in table
+    bad = dict(model="m", batch=1, size=8, ips={k: 1.0 for k in ("ort_lightjax", "ort_torch", "xla", "torch_eager")},
+               ratio=1.0, nodes_lightjax=1, nodes_torch=1, agree=0.5)
+    assert "(DISAGREE)" in onnx_bench.format_table([bad])

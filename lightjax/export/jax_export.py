@@ -1,4 +1,4 @@
-"""Self-contained deployment artifacts: ``jax.export`` of a model's eval forward with a symbolic batch.
+"""``jax.export`` artifacts of a model's eval forward with a symbolic batch, and their loader.
 
 ```python
 from lightjax import export
@@ -16,48 +16,32 @@ flax)::
 
 :func:`load` does the same and checks the input first, with an error that names the expected layout.
 
-Convolution formulation: lightjax picks a CPU-specific formulation of depthwise/pointwise convolutions when
-JAX's default backend is the CPU (see :mod:`lightjax.models.ops`). An artifact lowered for CUDA or TPU is
-traced with the XLA formulation (``lax.conv_general_dilated``), the right one on accelerators; a CPU-only
-artifact keeps the backend default. ``conv_impl=`` overrides that.
-
-Optional: :func:`to_tf_saved_model` / :func:`to_tflite` convert through ``jax2tf`` when TensorFlow is
-installed (it is not a dependency of lightjax).
+Formulation: lightjax picks CPU-specific formulations of depthwise/pointwise convolutions, pools and shuffles
+when JAX's default backend is the CPU (:mod:`lightjax.ops.backend`). An artifact lowered for CUDA or TPU is
+traced with the ``"xla"`` formulation (``lax.conv_general_dilated``, ``reduce_window``), the right one on
+accelerators; a CPU-only artifact keeps the backend default. ``conv_impl=`` overrides that.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
-import sys
-from typing import Any, Iterator, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Mapping, Optional, Sequence, Tuple, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import export as jax_export
 
-from lightjax.models import ops, registry
+from lightjax.models import registry
+from lightjax.ops import backend
+from lightjax.ops.geometry import to_pairs
 
-#: Suffixes read as PyTorch checkpoints (through :func:`lightjax.convert.from_torch`); anything else is read
-#: as a Flax msgpack file of ``{'params', 'batch_stats'}`` (what ``python -m lightjax.convert`` writes).
-TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors")
 KNOWN_PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 
 
 class InputShapeError(ValueError):
     """The array given to a loaded artifact does not have the shape/dtype it was exported for."""
-
-
-@contextlib.contextmanager
-def _conv_impl(impl: Optional[str]) -> Iterator[None]:
-    previous = getattr(ops, "_CONV_IMPL_OVERRIDE", None)
-    ops.set_conv_impl(impl)
-    try:
-        yield
-    finally:
-        ops.set_conv_impl(previous)
 
 
 def _normalise_platforms(platforms: Union[str, Sequence[str], None]) -> Tuple[str, ...]:
@@ -97,7 +81,7 @@ def export_model(
       dtype: input dtype of the artifact (the model computes in its own ``dtype`` field).
       precision: ``jax.default_matmul_precision`` while tracing (e.g. ``"highest"`` for full float32 convs on
         GPU/TPU, which otherwise may use TF32/bf16 passes).
-      conv_impl: force a convolution formulation (:func:`lightjax.models.ops.set_conv_impl`); default: XLA's
+      conv_impl: force a formulation (``"xla"``, ``"cpu"``, ``"export"``: :func:`lightjax.ops.backend.formulation`); default: ``"xla"``
         when any accelerator platform is requested, otherwise the backend default.
       **model_kwargs: ``create_model`` fields (``num_classes``, ``in_chans``, ...).
 
@@ -108,7 +92,7 @@ def export_model(
     plats = _normalise_platforms(platforms)
     if input_size is None:
         input_size = registry.model_info(name)["input_size"]
-    h, w = ops.to_pairs(input_size)
+    h, w = to_pairs(input_size)
     in_chans = getattr(model, "in_chans", 3)
     if isinstance(batch, str):
         if not batch.isidentifier():
@@ -131,7 +115,7 @@ def export_model(
     impl = conv_impl if conv_impl is not None else ("xla" if any(p != "cpu" for p in plats) else None)
     spec = jax.ShapeDtypeStruct(shape, jnp.dtype(dtype))
     prec = jax.default_matmul_precision(precision) if precision else contextlib.nullcontext()
-    with _conv_impl(impl), prec:
+    with backend.formulation(impl), prec:
         return jax_export.export(jax.jit(forward), platforms=plats)(spec)
 
 
@@ -167,10 +151,7 @@ def serialize(exported: jax_export.Exported) -> bytes:
 def save(exported: jax_export.Exported, path: str) -> int:
     """Writes the serialized artifact to ``path`` atomically; returns the number of bytes written."""
     data = serialize(exported)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    atomic_write(path, data)
     return len(data)
 
 
@@ -179,6 +160,21 @@ def export_to_file(name: str, variables: Mapping[str, Any], path: str, **kwargs:
     exp = export_model(name, variables, **kwargs)
     save(exp, path)
     return exp
+
+
+def atomic_write(path: str, data: bytes) -> None:
+    """Writes ``data`` to a temp file in ``path``'s directory, then ``os.replace``s it: a crash mid-write leaves
+    the previous file (or none), never a half-written one."""
+    path = os.fspath(path)
+    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -240,105 +236,3 @@ def load(path_or_bytes: Union[str, bytes, bytearray]) -> LoadedModel:
     return LoadedModel(exp)
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Checkpoints for the command line.
-# ----------------------------------------------------------------------------------------------------------
-def read_variables(name: str, checkpoint: str, **model_kwargs: Any) -> Any:
-    """Variables from a PyTorch checkpoint (``.pth/.pt/.bin/.ckpt/.safetensors``, via ``convert.from_torch``) or
-    a Flax msgpack file (``python -m lightjax.convert`` / ``convert.save_flax`` / ``flax.serialization``)."""
-    from lightjax import convert  # local: conversion (and torch for .pth) is only needed here
-
-    if checkpoint.lower().endswith(TORCH_SUFFIXES):
-        return convert.from_torch(name, checkpoint, **model_kwargs)
-    if hasattr(convert, "load_flax"):
-        return convert.load_flax(checkpoint)
-    from flax import serialization
-
-    with open(checkpoint, "rb") as f:
-        return serialization.msgpack_restore(f.read())
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m lightjax.export MODEL CHECKPOINT OUT``."""
-    p = argparse.ArgumentParser(prog="python -m lightjax.export", description="Write a jax.export artifact of a model's eval forward.")
-    p.add_argument("model", help="registered lightjax model name")
-    p.add_argument("checkpoint", help="Flax msgpack (python -m lightjax.convert output) or a PyTorch .pth/.safetensors")
-    p.add_argument("out", help="output file (serialized jax.export.Exported)")
-    p.add_argument("--batch", default="b", help="symbolic batch name (default 'b') or a fixed int")
-    p.add_argument("--input-size", type=int, default=None, help="spatial size (default: the model's native one)")
-    p.add_argument("--platforms", default="cpu", help="comma-separated: cpu,cuda,rocm,tpu (default cpu)")
-    p.add_argument("--num-classes", type=int, default=None, help="head size the checkpoint was made with")
-    p.add_argument("--precision", default=None, help="matmul precision while tracing (e.g. highest)")
-    args = p.parse_args(argv)
-    kwargs = {} if args.num_classes is None else {"num_classes": args.num_classes}
-    batch: Union[str, int] = int(args.batch) if args.batch.isdigit() else args.batch
-    try:
-        variables = read_variables(args.model, args.checkpoint, **kwargs)
-        exp = export_model(args.model, variables, batch=batch, input_size=args.input_size,
-                           platforms=args.platforms, precision=args.precision, **kwargs)
-        n = save(exp, args.out)
-    except (ValueError, OSError, TypeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {args.out}: {n / 2**20:.1f} MiB, {exp.fun_name} input {tuple(exp.in_avals[0].shape)} "
-          f"{exp.in_avals[0].dtype}, platforms {', '.join(exp.platforms)}")
-    return 0
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Optional: TensorFlow through jax2tf (TensorFlow is not a dependency).
-# ----------------------------------------------------------------------------------------------------------
-def _require_tf() -> Any:
-    try:
-        import tensorflow as tf  # noqa: F401
-        from jax.experimental import jax2tf  # noqa: F401
-    except ImportError as e:
-        raise ImportError(
-            f"TensorFlow export needs tensorflow (pip install tensorflow); it is an optional extra: {e}"
-        ) from e
-    return tf, jax2tf
-
-
-def to_tf_function(name: str, variables: Mapping[str, Any], *, input_size: Optional[int] = None,
-                   **model_kwargs: Any) -> Tuple[Any, Any]:
-    """``(tf.Module, input_signature)``: the eval forward as a ``tf.function`` with a ``None`` batch dimension.
-
-    Uses ``jax2tf.convert`` with ``polymorphic_shapes=["(b, H, W, C)"]``; the weights are ``tf.Variable``s.
-    """
-    tf, jax2tf = _require_tf()
-    model = registry.create_model(name, **model_kwargs)
-    size = input_size or registry.model_info(name)["input_size"]
-    in_chans = getattr(model, "in_chans", 3)
-    params = jax.tree_util.tree_map(np.asarray, dict(variables))
-    fn = jax2tf.convert(lambda v, x: model.apply(v, x, train=False),
-                        polymorphic_shapes=[None, f"(b, {size}, {size}, {in_chans})"])
-    module = tf.Module()
-    module.variables_ = tf.nest.map_structure(lambda a: tf.Variable(a, trainable=False), params)
-    sig = [tf.TensorSpec((None, size, size, in_chans), tf.float32, name="images")]
-    module.serve = tf.function(lambda x: fn(module.variables_, x), autograph=False, input_signature=sig)
-    return module, sig
-
-
-def to_tf_saved_model(name: str, variables: Mapping[str, Any], out_dir: str, **kwargs: Any) -> str:
-    """Writes a TensorFlow SavedModel (signature ``serving_default``: images NHWC float32 → logits)."""
-    tf, _ = _require_tf()
-    module, _ = to_tf_function(name, variables, **kwargs)
-    tf.saved_model.save(module, out_dir, signatures={"serving_default": module.serve})
-    return out_dir
-
-
-def to_tflite(name: str, variables: Mapping[str, Any], out_path: str, **kwargs: Any) -> int:
-    """Writes a TFLite flatbuffer (batch 1 at conversion; TFLite resizes the batch at runtime)."""
-    tf, _ = _require_tf()
-    module, _ = to_tf_function(name, variables, **kwargs)
-    conc = module.serve.get_concrete_function()
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([conc], module)
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS]
-    data = converter.convert()
-    with open(out_path, "wb") as f:
-        f.write(data)
-    return len(data)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
