@@ -19,6 +19,8 @@ import urllib.request
 import uuid
 from typing import Optional, Tuple
 
+from lightjax._atomic import atomic_write
+
 log = logging.getLogger("lightjax.hub")
 
 ENV_PROGRESS = "LIGHTJAX_PROGRESS"
@@ -179,13 +181,7 @@ def offline() -> bool:
 
 
 def write_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.{os.getpid()}-{uuid.uuid4().hex[:8]}.partial"
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        remove(tmp)
+    atomic_write(path, text)
 
 
 def remove(path: str) -> None:

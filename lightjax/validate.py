@@ -232,11 +232,9 @@ def evaluate(loaded: LoadedModel, dataset: Dataset, batch_size: int = 64, worker
 def _write_json_atomic(path: str, obj: dict) -> None:
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
-    tmp = os.path.join(d, f".{os.path.basename(path)}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-        f.write("\n")
-    os.replace(tmp, path)
+    from lightjax._atomic import atomic_write
+
+    atomic_write(path, json.dumps(obj, indent=1) + "\n")
 
 
 def build_parser() -> argparse.ArgumentParser:

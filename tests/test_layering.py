@@ -29,6 +29,7 @@ LAYERS = {
     "lightjax.nnx": 2,
     "lightjax.transforms": 0,
     "lightjax.labels": 0,
+    "lightjax._atomic": 0,  # standard library only: the one atomic file write
     "lightjax.hub": 3,
     "lightjax._download": 3,
     "lightjax.pretrained": 3,

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lightjax._atomic import atomic_write
 from lightjax.convert.core import CheckpointReadError
 
 #: Suffixes read with ``torch.load(weights_only=True)``.
@@ -25,13 +26,7 @@ def save_flax(path: str, variables: Any) -> None:
     the previous file intact)."""
     from flax import serialization
 
-    data = serialization.msgpack_serialize(jax.tree_util.tree_map(np.asarray, _plain(variables)))
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, serialization.msgpack_serialize(jax.tree_util.tree_map(np.asarray, _plain(variables))))
 
 
 def load_flax(path: str) -> Dict[str, Any]:

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import export as jax_export
 
+from lightjax._atomic import atomic_write  # noqa: F401  (lightjax.export.atomic_write)
 from lightjax.models import registry
 from lightjax.ops import backend
 from lightjax.ops.geometry import to_pairs
@@ -161,20 +162,6 @@ def export_to_file(name: str, variables: Mapping[str, Any], path: str, **kwargs:
     save(exp, path)
     return exp
 
-
-def atomic_write(path: str, data: bytes) -> None:
-    """Writes ``data`` to a temp file in ``path``'s directory, then ``os.replace``s it: a crash mid-write leaves
-    the previous file (or none), never a half-written one."""
-    path = os.fspath(path)
-    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -28,10 +28,8 @@ class OnnxExportError(ValueError):
 def pretrained_cfg_of(tag: Any) -> Any:
     if tag is None or not isinstance(tag, str):
         return tag
-    try:
-        from lightjax import pretrained
-    except ImportError as e:
-        raise OnnxExportError(f"pretrained={tag!r}: lightjax.pretrained is not available ({e})") from e
+    from lightjax import pretrained  # local: the weights layer stands above export's model code
+
     return pretrained.pretrained_cfg(tag)
 
 
