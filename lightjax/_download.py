@@ -16,10 +16,9 @@ import sys
 import urllib.error
 import urllib.parse
 import urllib.request
-import uuid
 from typing import Optional, Tuple
 
-from lightjax._atomic import atomic_write
+from lightjax._atomic import atomic_path, atomic_write, remove, remove_partials
 
 log = logging.getLogger("lightjax.hub")
 
@@ -81,33 +80,30 @@ def download(location: str, dest: str, sha: Optional[str], tag: str) -> str:
             if ok:
                 return dest
         remove_partials(dest)  # left by killed processes (we hold the lock: nobody else writes them)
-        tmp = f"{dest}.{os.getpid()}-{uuid.uuid4().hex[:8]}.partial"
         stream = None
         try:
-            stream, size = _open(location)
-            h, n = hashlib.sha256(), 0
-            with open(tmp, "wb") as f, progress(size, os.path.basename(dest)) as bar:
-                while True:
-                    try:
-                        chunk = stream.read(_CHUNK)
-                    except Exception as e:  # http.client.IncompleteRead, socket errors, timeouts
-                        raise AttemptFailed(f"connection lost after {n} bytes"
-                                             + (f" of {size}" if size else "") + f" ({type(e).__name__})") from None
-                    if not chunk:
-                        break
-                    f.write(chunk)
-                    h.update(chunk)
-                    n += len(chunk)
-                    bar.update(len(chunk))
-                f.flush()
-                os.fsync(f.fileno())
-            if size is not None and n != size:
-                raise AttemptFailed(f"connection closed after {n} of {size} bytes")
-            found = h.hexdigest()
-            if sha and not found.startswith(sha):
-                raise AttemptFailed(f"sha256 mismatch: expected {sha}..., found {found} (file not kept)")
-            os.replace(tmp, dest)
-            write_atomic(dest + ".sha256", found + "\n")
+            with atomic_path(dest) as tmp:  # a failed check below raises: the temp file is dropped, dest untouched
+                stream, size = _open(location)
+                h, n = hashlib.sha256(), 0
+                with open(tmp, "wb") as f, progress(size, os.path.basename(dest)) as bar:
+                    while True:
+                        try:
+                            chunk = stream.read(_CHUNK)
+                        except Exception as e:  # http.client.IncompleteRead, socket errors, timeouts
+                            raise AttemptFailed(f"connection lost after {n} bytes"
+                                                + (f" of {size}" if size else "") + f" ({type(e).__name__})") from None
+                        if not chunk:
+                            break
+                        f.write(chunk)
+                        h.update(chunk)
+                        n += len(chunk)
+                        bar.update(len(chunk))
+                if size is not None and n != size:
+                    raise AttemptFailed(f"connection closed after {n} of {size} bytes")
+                found = h.hexdigest()
+                if sha and not found.startswith(sha):
+                    raise AttemptFailed(f"sha256 mismatch: expected {sha}..., found {found} (file not kept)")
+            atomic_write(dest + ".sha256", found + "\n")
             log.info("%s: downloaded %s (%d bytes, sha256 %s)", tag, location, n, found)
             return dest
         finally:
@@ -116,7 +112,6 @@ def download(location: str, dest: str, sha: Optional[str], tag: str) -> str:
                     stream.close()
                 except Exception:  # pragma: no cover - closing a broken connection
                     pass
-            remove(tmp)
 
 
 def _open(location: str):
@@ -178,24 +173,6 @@ def _open_gcs(location: str):
 def offline() -> bool:
     """``LIGHTJAX_OFFLINE`` is true (read at each call)."""
     return os.environ.get(ENV_OFFLINE, "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def write_atomic(path: str, text: str) -> None:
-    atomic_write(path, text)
-
-
-def remove(path: str) -> None:
-    try:
-        os.remove(path)
-    except FileNotFoundError:
-        pass
-
-
-def remove_partials(dest: str) -> None:
-    d, base = os.path.dirname(dest), os.path.basename(dest)
-    for name in os.listdir(d) if os.path.isdir(d) else ():
-        if name.startswith(base + ".") and name.endswith(".partial"):
-            remove(os.path.join(d, name))
 
 
 class _NoBar:

@@ -31,13 +31,12 @@ import json
 import logging
 import os
 import urllib.parse
-import uuid
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from lightjax._download import (AttemptFailed, cached_ok, download, lock, offline, remove, remove_partials,
-                                sha256_file)
+from lightjax._atomic import atomic_path, remove, remove_partials
+from lightjax._download import AttemptFailed, cached_ok, download, lock, offline, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -284,14 +283,8 @@ def save_converted(cfg, variables: Dict[str, Any], source_path: str) -> str:
             os.path.basename(source_path), "source_sha256": sha256_file(source_path), "data_sha256": _digest(flat)}
     os.makedirs(os.path.dirname(path), exist_ok=True)
     remove_partials(path)  # of killed processes (callers hold lock(path))
-    tmp = f"{path}.{os.getpid()}-{uuid.uuid4().hex[:8]}.partial"
-    try:
+    with atomic_path(path) as tmp:
         save_file(flat, tmp, metadata=meta)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        remove(tmp)
     return path
 
 

@@ -7,7 +7,7 @@ one step, and the state_dict round trip ``to_torch(from_torch(sd)) == sd`` loadi
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import jax
 import jax.numpy as jnp

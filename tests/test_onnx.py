@@ -12,7 +12,6 @@ logits cancel, and float32 rounding alone then differs by ~1e-5 between lightjax
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys

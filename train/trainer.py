@@ -304,7 +304,7 @@ def _agreed(flag: bool) -> bool:
     return bool(np.any(multihost_utils.process_allgather(np.int32(flag))))
 
 
-def evaluate(config, model, p_eval, state: TrainState, batch_sharding, mesh) -> Dict[str, float]:
+def evaluate(config, p_eval, state: TrainState, batch_sharding: NamedSharding) -> Dict[str, float]:
     """Top-1/top-5/loss of the model (and of its EMA) on the whole eval split."""
     it, n, steps = data.eval_batches(config, limit=config.data.eval_limit or None)
     sums: Dict[str, Any] = {}
@@ -420,7 +420,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                 bar.update(n_log, loss=f"{last['train_loss']:.4f}", img_s=f"{img_s:.0f}")
                 t_log, n_log = time.perf_counter(), 0
             if done % eval_every == 0 or final:
-                ev = evaluate(config, model, p_eval, state, batch_sharding, mesh)
+                ev = evaluate(config, p_eval, state, batch_sharding)
                 writer.write(done, ev)
                 last.update(ev)
                 msg = f"step {done}: eval top-1 {ev['eval_top1']:.4f} top-5 {ev['eval_top5']:.4f}"

@@ -25,7 +25,6 @@ accelerators; a CPU-only artifact keeps the backend default. ``conv_impl=`` over
 from __future__ import annotations
 
 import contextlib
-import os
 from typing import Any, Mapping, Optional, Sequence, Tuple, Union
 
 import jax
