@@ -44,7 +44,6 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import time
 from types import ModuleType
 from typing import Any, Dict, List, Optional
@@ -53,6 +52,7 @@ if __package__ in (None, ""):  # run as a file (python benchmarks/bench.py): mak
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import processes
+from lightjax._atomic import atomic_write
 from benchmarks.harness import bench_here, memory_child
 
 FLAGSHIPS = (
@@ -171,18 +171,8 @@ def table(rows: List[Dict[str, Any]], memory: bool) -> str:
 
 
 def _write_json(path: str, obj: Any) -> None:
-    """Writes ``obj`` as JSON to a temp file beside ``path`` and renames it over ``path`` (a crash mid-write keeps
-    the last complete file)."""
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=d)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Writes ``obj`` as JSON to ``path`` atomically (a crash mid-write keeps the last complete file)."""
+    atomic_write(path, json.dumps(obj, indent=1))
 
 
 # ----------------------------------------------------------------------------------------------------------
